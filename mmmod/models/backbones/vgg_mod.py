@@ -1,0 +1,51 @@
+"""VGG-MoD: the stock mmpretrain VGG with every odd conv layer of a stage a
+MoD layer (selector, conv3x3-norm-act on k channels, scale, fusion)."""
+from mmcv.cnn import ConvModule
+from mmengine.registry import MODELS
+from mmpretrain.models.backbones.vgg import VGG
+
+from mmmod.layers import MoDBlock, check_input_channels, is_mod_position
+
+
+@MODELS.register_module()
+class VGGMoD(VGG):
+    """VGG with Mixture-of-Depths conv layers.
+
+    Takes every argument of mmpretrain's ``VGG``, plus:
+
+    Args:
+        c (int): MoD capacity divisor. Default 64.
+        fusion (str): ``'first-k'`` (default), ``'last-k'`` or
+            ``'original'``.
+    """
+
+    def __init__(self, depth, c=64, fusion='first-k', conv_cfg=None,
+                 norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'),
+                 dilations=(1, 1, 1, 1, 1), **kwargs):
+        super().__init__(
+            depth,
+            conv_cfg=conv_cfg,
+            norm_cfg=norm_cfg,
+            act_cfg=act_cfg,
+            dilations=dilations,
+            **kwargs)
+        # VGG builds its stages in one go; swap the odd conv layers of each
+        # stage (index 0 carries the channel change) for MoD layers.
+        for stage, (start, _) in enumerate(self.range_sub_modules):
+            for i in range(1, self.stage_blocks[stage]):
+                if not is_mod_position(i):
+                    continue
+                conv = self.features[start + i]
+                d = dilations[stage]
+                self.features[start + i] = MoDBlock(
+                    conv.conv.out_channels,
+                    lambda k: ConvModule(
+                        k, k, 3, padding=d, dilation=d, bias=True,
+                        conv_cfg=conv_cfg, norm_cfg=norm_cfg,
+                        act_cfg=act_cfg),
+                    c=c,
+                    fusion=fusion)
+
+    def forward(self, x):
+        check_input_channels(x, 3, 'VGGMoD')
+        return super().forward(x)

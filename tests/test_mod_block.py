@@ -1,0 +1,122 @@
+"""The MoD block: selection, fusion, gradients, static graph, bad input."""
+import pytest
+import torch
+import torch.nn as nn
+
+from mmmod.layers import (FUSIONS, ChannelSelector, MoDBlock, is_mod_position,
+                          mod_channels)
+
+
+def conv_block(k):
+    return nn.Sequential(nn.Conv2d(k, k, 3, padding=1), nn.BatchNorm2d(k))
+
+
+def reference(block, x):
+    """The block's definition, one sample and one channel at a time."""
+    scores = block.selector(x)
+    out = x.clone()
+    for n in range(x.shape[0]):
+        top = sorted(range(block.channels), key=lambda i: -scores[n, i])
+        top = top[:block.k]
+        y = block.block(x[n:n + 1, top])[0]
+        targets = {
+            'first-k': list(range(block.k)),
+            'last-k': list(range(block.channels - block.k, block.channels)),
+            'original': top,
+        }[block.fusion]
+        for j, t in enumerate(targets):
+            out[n, t] += y[j] * scores[n, top[j]]
+    return out
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_forward_matches_definition(fusion):
+    block = MoDBlock(32, conv_block, c=8, fusion=fusion).eval()
+    # keep the selector's hidden units alive, so that scores have no ties
+    block.selector.fc1.weight.data.abs_()
+    x = torch.randn(3, 32, 5, 6) + 1
+    with torch.no_grad():
+        assert torch.allclose(block(x), reference(block, x), atol=1e-5)
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_unselected_channels_pass_through(fusion):
+    block = MoDBlock(32, conv_block, c=8, fusion=fusion).eval()
+    x = torch.randn(2, 32, 4, 4)
+    with torch.no_grad():
+        y = block(x)
+        _, idx = block.select(x)
+    for n in range(2):
+        touched = {
+            'first-k': set(range(4)),
+            'last-k': set(range(28, 32)),
+            'original': set(idx[n].tolist()),
+        }[fusion]
+        untouched = [i for i in range(32) if i not in touched]
+        assert torch.equal(y[n, untouched], x[n, untouched])
+        assert not torch.allclose(y[n, sorted(touched)], x[n, sorted(touched)])
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_gradients_reach_selector_and_block(fusion):
+    block = MoDBlock(32, conv_block, c=4, fusion=fusion).train()
+    x = torch.randn(4, 32, 6, 6, requires_grad=True)
+    block(x).square().sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad is not None
+
+
+def test_selection_depends_on_the_input():
+    torch.manual_seed(1)
+    block = MoDBlock(64, conv_block, c=8)
+    _, idx = block.select(torch.randn(16, 64, 4, 4))
+    assert len({tuple(r) for r in idx.tolist()}) > 1
+
+
+def test_selector_shape_and_range():
+    s = ChannelSelector(64)
+    assert s.fc1.out_features == 4 and s.fc1.bias is None
+    assert ChannelSelector(64, bias=True).fc2.bias.shape == (64, )
+    scores = s(torch.randn(2, 64, 3, 3))
+    assert scores.shape == (2, 64)
+    assert ((scores > 0) & (scores < 1)).all()
+
+
+def test_k_and_layout():
+    assert MoDBlock(256, conv_block, c=64).k == 4
+    assert MoDBlock(64, conv_block, c=64).k == 1
+    assert [is_mod_position(i) for i in range(5)] == [0, 1, 0, 1, 0]
+
+
+@pytest.mark.parametrize('c', [0, -1, 65, 2.0, '4', True, None])
+def test_bad_capacity_is_rejected(c):
+    with pytest.raises(ValueError, match='c'):
+        MoDBlock(64, conv_block, c=c)
+
+
+def test_capacity_error_names_the_range():
+    with pytest.raises(ValueError, match=r'\[1, 64\]'):
+        mod_channels(64, 128)
+
+
+def test_unknown_fusion_is_rejected():
+    with pytest.raises(ValueError, match='first-k, last-k, original'):
+        MoDBlock(64, conv_block, fusion='first_k')
+
+
+def test_wrong_input_channels_is_rejected():
+    block = MoDBlock(64, conv_block)
+    with pytest.raises(ValueError, match=r'\(N, 64, H, W\)'):
+        block(torch.randn(1, 32, 4, 4))
+
+
+def test_static_graph_traces():
+    """The graph does not depend on the input: a trace on one input gives
+    the eager output on another, for every fusion mode."""
+    for fusion in FUSIONS:
+        block = MoDBlock(32, conv_block, c=8, fusion=fusion).eval()
+        traced = torch.jit.trace(block, torch.randn(2, 32, 4, 4))
+        x = torch.randn(2, 32, 4, 4)
+        with torch.no_grad():
+            assert torch.allclose(traced(x), block(x), atol=1e-6)
