@@ -24,7 +24,8 @@ say "1/5 torch ${TORCH_VERSION}, torchvision ${TORCHVISION_VERSION}"
 "${pip[@]}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
 say "2/5 build tools and mmengine ${MMENGINE_VERSION}"
-"${pip[@]}" "setuptools<70" wheel ninja "numpy<2" "mmengine==${MMENGINE_VERSION}"
+# mmcv 2.1 predates OpenCV 5; setuptools<70 still builds its setup.py.
+"${pip[@]}" "setuptools<70" wheel ninja "opencv-python<5" "mmengine==${MMENGINE_VERSION}"
 
 say "3/5 mmcv ${MMCV_VERSION} with compiled ops"
 tag="$("$PY" - <<PY
@@ -52,7 +53,7 @@ else
   mv "$wheel_dir.tmp"/mmcv-*.whl "$wheel_dir"/ && rm -rf "$wheel_dir.tmp" "$build"
 fi
 "${pip[@]}" --no-deps --force-reinstall "$wheel_dir"/mmcv-*.whl
-"${pip[@]}" addict packaging Pillow pyyaml yapf regex opencv-python-headless
+"${pip[@]}" addict packaging Pillow pyyaml yapf
 
 say "4/5 mmpretrain ${MMPRETRAIN_VERSION}, mmsegmentation ${MMSEG_VERSION}, mmdet ${MMDET_VERSION}"
 "${pip[@]}" "mmpretrain==${MMPRETRAIN_VERSION}" "mmsegmentation==${MMSEG_VERSION}" \

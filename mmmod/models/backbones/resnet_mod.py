@@ -42,6 +42,10 @@ class ResNetMoD(ResNet):
             ``'original'``; see :class:`mmmod.layers.MoDBlock`.
         contract_dilation (bool): as in mmseg/mmdet: the first block of a
             dilated stage uses half the dilation. Default False.
+        pretrained (str, optional): as in mmseg/mmdet (whose segmentors
+            pass the model-level ``pretrained`` on to the backbone): a
+            checkpoint to load, same as ``init_cfg=dict(type='Pretrained',
+            checkpoint=...)``.
     """
 
     arch_settings = {
@@ -62,10 +66,16 @@ class ResNetMoD(ResNet):
                  fusion='first-k',
                  contract_dilation=False,
                  in_channels=3,
+                 pretrained=None,
                  **kwargs):
         if depth not in self.arch_settings:
             raise KeyError(f'{type(self).__name__}: depth={depth!r} is not '
                            f'one of {sorted(self.arch_settings)}')
+        if pretrained is not None:
+            if kwargs.get('init_cfg') is not None:
+                raise ValueError('give either pretrained or init_cfg, not '
+                                 'both')
+            kwargs['init_cfg'] = dict(type='Pretrained', checkpoint=pretrained)
         # Read by make_res_layer, which ResNet.__init__ calls.
         self.c = c
         self.fusion = fusion
