@@ -2,6 +2,8 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] \
         [--out results.pkl] [--tta] [--cfg-options key=value ...]
+
+Several processes: tools/dist_test.sh.
 """
 import argparse
 import os
@@ -9,7 +11,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import load_config  # noqa: E402
+from _common import build_runner, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,6 +33,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """Returns the metrics, e.g. ``{'accuracy/top1': 76.2, ...}``."""
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
@@ -50,10 +53,7 @@ def main(argv=None):
         cfg.test_evaluator.append(
             dict(type='DumpResults', out_file_path=args.out))
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = (Runner.from_cfg(cfg) if 'runner_type' not in cfg else
-              RUNNERS.build(cfg))
+    runner = build_runner(cfg, ['test_dataloader'])
     return runner.test()
 
 
