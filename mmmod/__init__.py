@@ -4,6 +4,7 @@
 ``ResNetMoD``, ``ResNetV1cMoD``, ``ResNetV1dMoD``, ``ResNetMoD_CIFAR``,
 ``MobileNetV2MoD`` and ``VGGMoD``.
 """
+from .datasets import *  # noqa: F401,F403
 from .layers import ChannelSelector, MoDBlock
 from .models import *  # noqa: F401,F403
 from .version import __version__

@@ -1,0 +1,3 @@
+_base_ = './vgg16bn_cifar.py'
+
+model = dict(backbone=dict(depth=19))

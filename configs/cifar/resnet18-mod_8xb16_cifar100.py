@@ -1,0 +1,3 @@
+_base_ = './resnet18_8xb16_cifar100.py'
+
+model = dict(backbone=dict(type='ResNetMoD_CIFAR'))

@@ -1,0 +1,3 @@
+_base_ = './resnet50_8xb16_cifar10.py'
+
+model = dict(backbone=dict(type='ResNetMoD_CIFAR'))

@@ -1,0 +1,3 @@
+_base_ = './vgg16bn_8xb16_cifar10.py'
+
+model = dict(backbone=dict(type='VGGMoD'))
