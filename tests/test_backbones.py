@@ -179,3 +179,16 @@ def test_every_toolbox_builds_every_backbone_by_name(scope):
                      (dict(type='MobileNetV2MoD'), MobileNetV2MoD),
                      (dict(type='VGGMoD', depth=16), VGGMoD)]:
         assert type(registry.build(cfg)) is cls
+
+
+def test_selectors_keep_default_init_in_every_backbone():
+    """The stock VGG init (N(0, 0.01) for every Linear) would leave the
+    selectors' scores all near 0.5; every backbone keeps PyTorch's init."""
+    for model in [VGGMoD(depth=16), ResNetMoD_CIFAR(depth=18)]:
+        model.init_weights()
+        for m in model.modules():
+            if isinstance(m, MoDBlock):
+                fc1 = m.selector.fc1.weight
+                bound = 1 / fc1.shape[1]**0.5   # nn.Linear's uniform bound
+                assert fc1.abs().max() <= bound
+                assert fc1.std() > bound / 3

@@ -19,15 +19,29 @@ class VGGMoD(VGG):
             ``'original'``.
     """
 
-    def __init__(self, depth, c=64, fusion='first-k', conv_cfg=None,
-                 norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'),
-                 dilations=(1, 1, 1, 1, 1), **kwargs):
+    def __init__(self,
+                 depth,
+                 c=64,
+                 fusion='first-k',
+                 conv_cfg=None,
+                 norm_cfg=dict(type='BN'),
+                 act_cfg=dict(type='ReLU'),
+                 dilations=(1, 1, 1, 1, 1),
+                 init_cfg=[
+                     dict(type='Kaiming', layer=['Conv2d']),
+                     dict(type='Constant', val=1., layer=['_BatchNorm'])
+                 ],
+                 **kwargs):
+        # Stock VGG also inits every Linear with N(0, 0.01), meant for its
+        # ImageNet classifier; that would give the selectors near-equal
+        # scores. They keep PyTorch's default init, as in ResNetMoD.
         super().__init__(
             depth,
             conv_cfg=conv_cfg,
             norm_cfg=norm_cfg,
             act_cfg=act_cfg,
             dilations=dilations,
+            init_cfg=init_cfg,
             **kwargs)
         # VGG builds its stages in one go; swap the odd conv layers of each
         # stage (index 0 carries the channel change) for MoD layers.
