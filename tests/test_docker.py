@@ -1,0 +1,86 @@
+"""docker/Dockerfile installs through tools/install.sh, so that its versions
+are the pinned ones of requirements/versions.sh and cannot drift from them.
+(No Docker engine is needed: the files are read, not built.)"""
+import re
+
+import pytest
+import torch
+from conftest import ROOT
+
+DOCKER = ROOT / 'docker'
+
+
+def instructions():
+    """The Dockerfile as (INSTRUCTION, arguments), comments dropped and
+    continued lines joined."""
+    lines = [
+        line for line in (DOCKER / 'Dockerfile').read_text().splitlines()
+        if not line.lstrip().startswith('#')
+    ]
+    text = re.sub(r'\\\n', ' ', '\n'.join(lines))
+    return [tuple(line.split(None, 1)) for line in text.splitlines()
+            if line.strip()]
+
+
+def pins():
+    """requirements/versions.sh: {'TORCH_VERSION': '2.14.1', ...}."""
+    text = (ROOT / 'requirements' / 'versions.sh').read_text()
+    return dict(re.findall(r'^([A-Z_]+_VERSION)=(\S+)$', text, re.M))
+
+
+def arg(name):
+    [value] = [
+        args.split('=', 1)[1].strip('"') for op, args in instructions()
+        if op == 'ARG' and args.startswith(f'{name}=')
+    ]
+    return value
+
+
+def test_installs_the_repo_with_install_sh_and_cuda_ops():
+    steps = instructions()
+    runs = [args for op, args in steps if op == 'RUN']
+    [install] = [r for r in runs if 'tools/install.sh' in r]
+    assert re.search(r'\bFORCE_CUDA=1\b.*\bbash tools/install\.sh\b', install)
+    copy = steps.index(('COPY', '. /mmmod'))
+    assert copy < steps.index(('RUN', install))  # the repo is there first
+    assert "get_compiling_cuda_version" in install  # and checked
+    # Nothing is pip-installed around install.sh, nor any version written.
+    dockerfile = ' '.join(args for _, args in steps)
+    assert 'pip install' not in dockerfile
+    assert not re.search(r'[=<>~!]=\s*\d', dockerfile)
+    for name in pins():
+        assert name not in dockerfile, name
+
+
+def test_install_sh_reads_every_pin_from_versions_sh():
+    script = (ROOT / 'tools' / 'install.sh').read_text()
+    assert '. "$here/requirements/versions.sh"' in script
+    assert pins().keys() == {
+        'TORCH_VERSION', 'TORCHVISION_VERSION', 'MMENGINE_VERSION',
+        'MMCV_VERSION', 'MMPRETRAIN_VERSION', 'MMSEG_VERSION', 'MMDET_VERSION'
+    }
+    for name in pins():
+        assert '${%s}' % name in script, name
+    assert not re.search(r'(torch|mmcv|mmengine|mmdet|mmpretrain|'
+                         r'mmsegmentation)==\d', script)
+
+
+def test_base_image_cuda_is_the_pinned_torch_cuda():
+    cuda = re.fullmatch(r'nvidia/cuda:(\d+)\.(\d+)\.\d+-(cudnn-)?devel-\S+',
+                        arg('CUDA_IMAGE'))
+    assert cuda, 'a CUDA devel image: mmcv needs nvcc'
+    assert [op for op, _ in instructions()][:2] == ['ARG', 'FROM']
+    if torch.__version__.split('+')[0] != pins()['TORCH_VERSION']:
+        pytest.skip(f'torch {torch.__version__} is not the pinned build')
+    assert torch.version.cuda == f'{cuda[1]}.{cuda[2]}'
+    # Every GPU target of torch's own build gets mmcv ops too.
+    archs = arg('TORCH_CUDA_ARCH_LIST').replace('+PTX', '').split(';')
+    for sm in torch.cuda.get_arch_list():
+        major_minor = sm[len('sm_'):]
+        assert f'{major_minor[:-1]}.{major_minor[-1]}' in archs, sm
+
+
+def test_python_and_build_context():
+    assert arg('PYTHON_VERSION') == '3.11'
+    ignored = (DOCKER / 'Dockerfile.dockerignore').read_text().split()
+    assert {'data', 'work_dirs', '.git'} <= set(ignored)
