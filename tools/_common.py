@@ -216,6 +216,14 @@ def build_runner(cfg, loaders):
     return Runner.from_cfg(cfg)
 
 
+def close_distributed():
+    """Tear down the process group at exit: a gloo group left to the
+    interpreter's shutdown can abort the process after a finished run."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def build_model(path, checkpoint=None, cfg_options=()):
     """The model of config ``path``, built in the config's scope, with the
     weights of ``checkpoint`` if given. Returns ``(model, cfg)``."""

@@ -12,7 +12,8 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import build_runner, load_config  # noqa: E402
+from _common import (build_runner, close_distributed,  # noqa: E402
+                     load_config)
 
 
 def parse_args(argv=None):
@@ -74,4 +75,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    finally:
+        close_distributed()
