@@ -120,3 +120,17 @@ def test_static_graph_traces():
         x = torch.randn(2, 32, 4, 4)
         with torch.no_grad():
             assert torch.allclose(traced(x), block(x), atol=1e-6)
+
+
+def test_saturated_selector_still_ranks_by_logits():
+    """Scores of 1.0 in float32 (logits > ~17) do not hand the choice to
+    top-k's tie-breaking: the block ranks the logits."""
+    block = MoDBlock(64, conv_block, c=16)
+    with torch.no_grad():
+        block.selector.fc1.weight.fill_(1.0)
+        block.selector.fc2.weight.copy_(torch.linspace(1, 2, 64)[:, None])
+    x = torch.full((1, 64, 2, 2), 1.0)
+    assert (block.selector(x) == 1).all()          # saturated scores
+    scores, idx = block.select(x)
+    assert idx[0].tolist() == [63, 62, 61, 60]     # the largest logits
+    assert torch.equal(scores, torch.ones(1, 4))

@@ -113,8 +113,8 @@ def summarise(sel: Selection) -> dict:
       ``entropy_norm``, the same scaled to [0, 1] between log2(k) (the same
       k channels always) and log2(C) (every channel equally often);
     - ``share_tied``: share of images where a channel left out scores
-      exactly as the worst chosen one (saturated sigmoids): top-k's
-      tie-breaking, not the selector, made that choice.
+      exactly as the worst chosen one (saturated sigmoids); MoDBlock ranks
+      the logits, which still tell such channels apart.
     """
     n, k = sel.indices.shape
     sets = Counter(tuple(sorted(row)) for row in sel.indices.tolist())
@@ -150,8 +150,9 @@ LEGEND = """\
 sets: distinct top-k sets; differ: share of images whose set is not the most
 common one; H: entropy of how often each channel is chosen (norm: 0 = always
 the same k channels, 1 = all channels equally often); used: channels ever
-chosen; tied: share of images where a left-out channel scores exactly as the
-worst chosen one (saturated selector), so top-k's tie-breaking chose."""
+chosen; tied: share of images where a left-out channel's sigmoid score equals
+the worst chosen one's in float32 (a saturated selector; MoDBlock ranks the
+logits, which still tell them apart)."""
 
 
 def format_summary(summary: Dict[str, dict]) -> str:

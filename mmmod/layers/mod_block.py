@@ -14,11 +14,20 @@
 
 All shapes depend on ``C`` and ``c`` only, never on the input: the graph is
 static, so it traces, exports and compiles like any other CNN block.
+
+Two implementations compute the same function. :meth:`MoDBlock.forward_plain`
+is the definition, op for op (gather, block, scale, concatenate); tracing,
+``torch.export``, ONNX export and ``torch.compile`` see it.
+:meth:`MoDBlock.forward_fast` is the eager path: gather kernels that are
+cheaper and keep the input's memory layout, and the scaled result added,
+in place, into a copy of ``x`` (or, when autograd records nothing and
+``inplace=True``, into ``x`` itself).
 """
 from typing import Callable, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 FUSIONS = ('first-k', 'last-k', 'original')
@@ -51,6 +60,35 @@ def check_input_channels(x: Tensor, channels: int, where: str) -> None:
                          f'W), got {tuple(x.shape)}')
 
 
+def gather_channels(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[n, idx[n]]`` for every sample ``n``, as (N, k, H, W) in ``x``'s
+    memory format.
+
+    The values of ``x.gather(1, idx[..., None, None].expand(...))``, with a
+    cheaper kernel for each dense layout: a contiguous map is a stack of
+    (H, W) planes, of which ``index_select`` copies whole ones; a
+    channels-last map is gathered along its innermost (channel) axis.
+    """
+    n, c, h, w = x.shape
+    if x.is_contiguous():
+        if n == 1:
+            return x.index_select(1, idx[0])
+        # plane numbers in the (N * C, H, W) stack
+        idx = idx + torch.arange(0, n * c, c, device=idx.device)[:, None]
+        return x.view(n * c, h, w).index_select(0, idx.view(-1)).view(
+            n, -1, h, w)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        nhwc = x.permute(0, 2, 3, 1)
+        return nhwc.gather(3, idx[:, None, None].expand(-1, h, w, -1)).permute(
+            0, 3, 1, 2)
+    return x.gather(1, _expand_index(idx, x))
+
+
+def _expand_index(idx: Tensor, x: Tensor) -> Tensor:
+    """(N, k) channel indices -> (N, k, H, W), for ``gather``/``scatter``."""
+    return idx[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+
+
 class ChannelSelector(nn.Module):
     """Scores every channel of a feature map (squeeze-and-excitation style).
 
@@ -68,11 +106,18 @@ class ChannelSelector(nn.Module):
         super().__init__()
         hidden = max(1, channels // reduction)
         self.fc1 = nn.Linear(channels, hidden, bias=bias)
-        self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Linear(hidden, channels, bias=bias)
 
+    def logits(self, x: Tensor) -> Tensor:
+        """The scores before the sigmoid, (N, C)."""
+        # functional calls: at batch 1 the calls of three submodules cost
+        # about as much as the selector's arithmetic
+        fc1, fc2 = self.fc1, self.fc2
+        h = F.linear(x.mean((2, 3)), fc1.weight, fc1.bias).relu_()
+        return F.linear(h, fc2.weight, fc2.bias)
+
     def forward(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(self.fc2(self.relu(self.fc1(x.mean((2, 3))))))
+        return torch.sigmoid(self.logits(x))
 
 
 class MoDBlock(nn.Module):
@@ -87,6 +132,12 @@ class MoDBlock(nn.Module):
             (channels 0..k-1, the paper's best), ``'last-k'`` (C-k..C-1) or
             ``'original'`` (the channels they were gathered from).
         reduction: the selector's squeeze ratio r.
+        inplace: when autograd records nothing, add the result into ``x``
+            itself rather than into a copy, as ``nn.ReLU(inplace=True)``
+            does: one copy of the feature map less, but the caller's ``x``
+            then holds the output. Only for callers that drop ``x``, as the
+            stages of the mmmod backbones do; :func:`set_inplace` switches
+            a whole model. Default False.
     """
 
     def __init__(self,
@@ -94,7 +145,8 @@ class MoDBlock(nn.Module):
                  block: Callable[[int], nn.Module],
                  c: int = 64,
                  fusion: str = 'first-k',
-                 reduction: int = 16):
+                 reduction: int = 16,
+                 inplace: bool = False):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(
@@ -105,18 +157,31 @@ class MoDBlock(nn.Module):
         self.c = c
         self.k = mod_channels(channels, c)
         self.fusion = fusion
+        self.inplace = inplace
         self.selector = ChannelSelector(channels, reduction)
         self.block = block(self.k)
 
     def select(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Scores (N, k) and indices (N, k) of the chosen channels, best
         first."""
-        return self.selector(x).topk(self.k, dim=1)
+        # Rank the logits: the same order as the sigmoid scores, but a
+        # trained selector saturates its sigmoid (many channels at exactly
+        # 1.0 in float32), and top-k's tie-breaking would then choose.
+        logits, idx = self.selector.logits(x).topk(self.k, dim=1)
+        return logits.sigmoid(), idx
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_channels(x, self.channels, 'MoDBlock')
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # exporters and compilers get the reference graph: standard ops
+            # and no in-place writes (inductor fuses it by itself)
+            return self.forward_plain(x)
+        return self.forward_fast(x)
+
+    def forward_plain(self, x: Tensor) -> Tensor:
+        """The reference implementation: the definition, op for op."""
         scores, idx = self.select(x)
-        idx = idx[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        idx = _expand_index(idx, x)
         y = self.block(x.gather(1, idx)) * scores[:, :, None, None]
         k = self.k
         if self.fusion == 'first-k':
@@ -125,6 +190,43 @@ class MoDBlock(nn.Module):
             return torch.cat([x[:, :-k], x[:, -k:] + y], dim=1)
         return x.scatter_add(1, idx, y)
 
+    def forward_fast(self, x: Tensor) -> Tensor:
+        """:meth:`forward_plain` in fewer, cheaper kernels (the eager
+        path)."""
+        scores, idx = self.select(x)
+        y = self.block(gather_channels(x, idx))
+        # One plain copy of x (in its layout), updated in place on k
+        # channels with the scale fused in: cheaper than concatenating
+        # slices, forward and backward. Autograd needs x as it is; without
+        # it, inplace=True saves the copy.
+        if self.inplace and not torch.is_grad_enabled():
+            out = x
+        else:
+            out = x.clone()
+        s = scores.view(*scores.shape, 1, 1)
+        k = self.k
+        if self.fusion == 'first-k':
+            out.narrow(1, 0, k).addcmul_(y, s)
+        elif self.fusion == 'last-k':
+            out.narrow(1, self.channels - k, k).addcmul_(y, s)
+        else:
+            out.scatter_add_(1, _expand_index(idx, x), y * s)
+        return out
+
     def extra_repr(self) -> str:
         return (f'channels={self.channels}, c={self.c}, k={self.k}, '
-                f'fusion={self.fusion!r}')
+                f'fusion={self.fusion!r}, inplace={self.inplace}')
+
+
+def set_inplace(model: nn.Module, inplace: bool = True) -> nn.Module:
+    """Sets ``inplace`` (see :class:`MoDBlock`) on every MoD block of
+    ``model``; returns ``model``.
+
+    Safe for the mmmod backbones, whose stages hand a block's output to the
+    next block only; not if something else keeps the input of a MoD block
+    (e.g. a forward hook on the block before it).
+    """
+    for m in model.modules():
+        if isinstance(m, MoDBlock):
+            m.inplace = inplace
+    return model

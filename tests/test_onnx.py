@@ -1,0 +1,74 @@
+"""ONNX export of MoD models: a static graph (TopK and GatherElements
+ops), ONNX Runtime agrees with PyTorch, and tools/deployment/export_onnx.py
+runs end to end."""
+import collections
+
+import onnx
+import pytest
+import torch
+from conftest import tool
+
+from mmmod.models import ResNetMoD_CIFAR
+
+export_tool = tool('deployment/export_onnx')
+CONFIGS = 'configs/resnet_mod/'
+
+
+def op_counts(path):
+    return collections.Counter(n.op_type for n in onnx.load(path).graph.node)
+
+
+@pytest.mark.parametrize('fusion', ['first-k', 'original'])
+def test_backbone_exports_and_runs_in_onnx_runtime(fusion, tmp_path):
+    model = ResNetMoD_CIFAR(depth=18, fusion=fusion, out_indices=(1, 3))
+    model.eval()
+    path = str(tmp_path / 'r18mod.onnx')
+    export_tool.export(model, torch.randn(2, 3, 32, 32), path, opset=18)
+    ops = op_counts(path)
+    assert ops['TopK'] == ops['GatherElements'] == 4  # one per MoD block
+    assert ops['ScatterElements' if fusion == 'original' else 'Concat'] >= 4
+    sess = export_tool.session(path)
+    # a new input selects other channels: the graph does not depend on it
+    x = torch.randn(2, 3, 32, 32)
+    assert export_tool.max_abs_diff(model, sess, x) <= 1e-4
+    with torch.no_grad():
+        mine = model(x)
+    onnx_out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    assert [o.shape for o in onnx_out] == [tuple(t.shape) for t in mine]
+
+
+def test_export_tool_checks_and_times_against_the_baseline(tmp_path):
+    results = export_tool.main([
+        CONFIGS + 'resnet18-mod_8xb32_in1k.py', '--baseline',
+        CONFIGS + 'baselines/resnet18_8xb32_in1k.py', '--input-size', '32',
+        '--warmup', '1', '--repeats', '3', '--out-dir',
+        str(tmp_path)
+    ])
+    mod, base = results['resnet18-mod_8xb32_in1k'], results[
+        'resnet18_8xb32_in1k']
+    for r in (mod, base):
+        assert 0 <= r['max_abs_diff'] <= 1e-4
+        assert len(r['ort_ms']['times']) == 3
+    assert op_counts(mod['onnx'])['TopK'] == 4
+    assert 'TopK' not in op_counts(base['onnx'])
+    assert mod['ort_speedup'] == pytest.approx(
+        base['ort_ms']['median'] / mod['ort_ms']['median'])
+
+
+def test_export_tool_backbone_of_a_segmentor(tmp_path):
+    results = export_tool.main([
+        'configs/fcn_r50mod_cityscapes.py', '--backbone', '--input-size',
+        '32', '64', '--repeats', '0', '--out-dir',
+        str(tmp_path)
+    ])
+    (r, ) = results.values()
+    assert r['max_abs_diff'] <= 1e-4
+    assert op_counts(r['onnx'])['TopK'] == 7  # ResNet50-MoD: 1 + 2 + 3 + 1
+
+
+def test_export_tool_rejects_a_whole_segmentor(tmp_path):
+    with pytest.raises(ValueError, match='--backbone'):
+        export_tool.main([
+            'configs/fcn_r50mod_cityscapes.py', '--out-dir',
+            str(tmp_path)
+        ])

@@ -1,0 +1,176 @@
+"""Export a config's model to ONNX, check it with ONNX Runtime and time it.
+
+    python tools/deployment/export_onnx.py \
+        configs/resnet_mod/resnet50-mod_8xb32_in1k.py [--checkpoint CKPT] \
+        --baseline configs/resnet_mod/baselines/resnet50_8xb32_in1k.py \
+        --threads 2 --out-dir work_dirs/onnx
+
+Exports a classifier (image tensor in, class scores out), or with
+``--backbone`` the backbone alone (feature maps out; the way to export the
+backbone of an mmseg or mmdet config). The graph is static: the MoD blocks'
+top-k and gather are ordinary ONNX ops (TopK, GatherElements), their shapes
+fixed by the config. ONNX Runtime's output on a new random input is checked
+against PyTorch's (``--atol``, default 1e-4; the tool fails above it), then
+the exported models are timed side by side in ONNX Runtime, with the
+``--baseline`` config's model (exported the same way) for the speed-up.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from _common import build_model  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config', help='config file path')
+    p.add_argument('--checkpoint', help='weights to load (default: the '
+                   "config's initialisation)")
+    p.add_argument('--baseline', help='a second config, exported and timed '
+                   'alongside for the speed-up (e.g. the stock ResNet)')
+    p.add_argument('--backbone', action='store_true',
+                   help='export the backbone only')
+    p.add_argument('--input-size', type=int, nargs='+', default=[224],
+                   help='S (square) or H W (default 224)')
+    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--opset', type=int, default=18,
+                   help='ONNX opset version (default 18)')
+    p.add_argument('--atol', type=float, default=1e-4,
+                   help='largest accepted |ONNX Runtime - PyTorch|')
+    p.add_argument('--threads', type=int,
+                   help='CPU threads of PyTorch and ONNX Runtime')
+    p.add_argument('--warmup', type=int, default=10)
+    p.add_argument('--repeats', type=int, default=50,
+                   help='timed ONNX Runtime rounds; 0 skips timing')
+    p.add_argument('--out-dir', default='work_dirs/onnx',
+                   help='where the .onnx files go (default work_dirs/onnx)')
+    p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V')
+    args = p.parse_args(argv)
+    if len(args.input_size) not in (1, 2):
+        p.error(f'--input-size takes S or H W, got {args.input_size}')
+    args.input_size = tuple(args.input_size * (3 - len(args.input_size)))
+    if args.batch_size < 1:
+        p.error('--batch-size must be >= 1')
+    if args.threads is not None and args.threads < 1:
+        p.error('--threads must be >= 1')
+    return args
+
+
+class _Tensors(torch.nn.Module):
+    """Tensor in, tensors out: a classifier's scores or a backbone's
+    feature maps."""
+
+    def __init__(self, model, backbone):
+        super().__init__()
+        self.model = model.backbone if backbone else model
+        self.backbone = backbone
+
+    def forward(self, x):
+        if self.backbone:
+            return tuple(self.model(x))
+        return self.model.head(self.model.extract_feat(x))
+
+
+def load(config, args, checkpoint=None):
+    """``(name, model)``: the tensor-in/out model of ``config``, in eval
+    mode."""
+    model, cfg = build_model(config, checkpoint, args.cfg_options)
+    if not args.backbone and cfg.default_scope != 'mmpretrain':
+        raise ValueError(
+            f'{config}: only mmpretrain classifiers export whole; for this '
+            f'{cfg.default_scope} model, export its backbone (--backbone)')
+    model = _Tensors(model, args.backbone)
+    model.eval()
+    name = osp.splitext(osp.basename(config))[0]
+    return name + ('_backbone' if args.backbone else ''), model
+
+
+def export(model, x, path, opset):
+    """Write ``model`` traced on ``x`` to ``path`` (ONNX, static shapes)."""
+    with torch.no_grad():
+        torch.onnx.export(
+            model, (x, ), path, opset_version=opset, dynamo=True,
+            external_data=False, verbose=False)
+
+
+def session(path, threads=None):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(
+        path, opts, providers=['CPUExecutionProvider'])
+
+
+def max_abs_diff(model, sess, x):
+    """Largest |ONNX Runtime - PyTorch| over all outputs, on input ``x``."""
+    with torch.no_grad():
+        ref = model(x)
+    ref = ref if isinstance(ref, (tuple, list)) else [ref]
+    outs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    if len(outs) != len(ref):
+        raise RuntimeError(f'ONNX model gives {len(outs)} outputs, PyTorch '
+                           f'{len(ref)}')
+    return max(float(np.abs(o - r.numpy()).max()) for o, r in zip(outs, ref))
+
+
+def main(argv=None):
+    from mmmod.utils.benchmark import time_interleaved
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out_dir, exist_ok=True)
+    torch.manual_seed(0)
+    shape = (args.batch_size, 3, *args.input_size)
+    models = dict([load(args.config, args, args.checkpoint)])
+    if args.baseline:
+        name, model = load(args.baseline, args)
+        if name in models:
+            raise ValueError(f'--baseline {args.baseline} is the config '
+                             'itself')
+        models[name] = model
+    results, sessions = {}, {}
+    for name, model in models.items():
+        path = osp.join(args.out_dir, name + '.onnx')
+        print(f'exporting {name} -> {path}', flush=True)
+        export(model, torch.randn(shape), path, args.opset)
+        sessions[name] = session(path, args.threads)
+        # a new input: the graph must not depend on the example's selection
+        diff = max_abs_diff(model, sessions[name], torch.randn(shape))
+        results[name] = dict(onnx=path, max_abs_diff=diff)
+        print(f'{name}: max |ONNX Runtime - PyTorch| = {diff:.2e}')
+        if not diff <= args.atol:
+            raise RuntimeError(f'{name}: ONNX Runtime differs from PyTorch by '
+                               f'{diff:.2e} > --atol {args.atol:g}')
+    if args.repeats:
+        x = torch.randn(shape).numpy()
+        steps = {
+            name: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x}))
+            for name, s in sessions.items()
+        }
+        timing = time_interleaved(steps, args.warmup, args.repeats)
+        names = list(models)  # the config's model, then the baseline
+        print(f'ONNX Runtime latency (CPU, {args.threads or "default"} '
+              f'threads, batch {args.batch_size}, 3x{shape[2]}x{shape[3]}, '
+              f'{args.repeats} rounds; median, quartiles):')
+        for name, t in timing.items():
+            results[name]['ort_ms'] = t
+            line = f'  {name}: {t["median"]:.2f} ms ({t["q1"]:.2f}-' \
+                f'{t["q3"]:.2f})'
+            if args.baseline and name == names[0]:
+                speedup = timing[names[1]]['median'] / t['median']
+                results[name]['ort_speedup'] = speedup
+                line += f', {speedup:.2f}x the baseline'
+            print(line)
+    return results
+
+
+if __name__ == '__main__':
+    main()
