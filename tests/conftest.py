@@ -14,7 +14,11 @@ import mmmod  # noqa: E402,F401  registers the backbones
 def build_classifier(backbone, num_classes, feat_channels, mid_channels=None):
     """An mmpretrain ImageClassifier around ``backbone``: global average
     pooling and a linear head (or a stacked one with ``mid_channels``)."""
+    from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
+
+    # earlier tests may have left another toolbox's scope as the default
+    init_default_scope('mmpretrain')
     head = dict(
         type='LinearClsHead',
         num_classes=num_classes,
