@@ -1,7 +1,8 @@
-"""The MoD block's fast eager path computes what its reference
-implementation computes: every fusion mode, memory layout, batch size and
-autograd mode; inputs are left alone unless ``inplace`` says otherwise;
-exporters and compilers see the reference graph. Speed is measured by
+"""The MoD block's CPU inference path (compiled kernels around a BN-folded
+Conv-Block) computes what its reference implementation computes: every
+fusion mode, memory layout and batch size; inputs are left alone unless
+``inplace`` says otherwise; the folded copy follows the weights; exporters
+and compilers see the reference graph. Speed is measured by
 tools/analysis/benchmark.py, never asserted here."""
 import copy
 import json
@@ -11,7 +12,9 @@ import torch
 import torch.nn as nn
 from conftest import tool
 
-from mmmod.layers import FUSIONS, MoDBlock, gather_channels, set_inplace
+import mmmod.layers.mod_block as mod_block
+from mmmod.layers import FUSIONS, MoDBlock, fold_for_inference, set_inplace
+from mmmod.layers.inference import kernels
 from mmmod.models import ResNetMoD_CIFAR
 from mmmod.utils.benchmark import (measure_latency, measure_train_throughput,
                                    skip_mod_blocks, use_plain_path)
@@ -30,7 +33,11 @@ def conv_block(k):
 
 
 def make_block(fusion, inplace=False):
-    block = MoDBlock(32, conv_block, c=8, fusion=fusion, inplace=inplace)
+    # reduction 4: a hidden layer of 8, not 2 units that a ReLU can both
+    # zero (equal logits everywhere: any k channels are a valid top-k)
+    torch.manual_seed(0)
+    block = MoDBlock(
+        32, conv_block, c=8, fusion=fusion, reduction=4, inplace=inplace)
     with torch.no_grad():  # non-trivial BN statistics for eval mode
         block.block[1].running_mean.uniform_(-1, 1)
         block.block[1].running_var.uniform_(0.5, 2)
@@ -42,57 +49,27 @@ def inputs(batch, layout, requires_grad=False):
     return x.requires_grad_(requires_grad)
 
 
-@pytest.mark.parametrize('layout', sorted(LAYOUTS))
-@pytest.mark.parametrize('batch', [1, 3])
-def test_gather_channels_is_gather(layout, batch):
-    x = inputs(batch, layout)
-    idx = torch.randn(batch, 32).topk(4, dim=1)[1]
-    out = gather_channels(x, idx)
-    ref = x.gather(1, idx[:, :, None, None].expand(-1, -1, 5, 6))
-    assert torch.equal(out, ref)
-    if layout == 'channels_last':  # the inner block runs in x's layout
-        assert out.is_contiguous(memory_format=CL)
-
-
 @pytest.mark.parametrize('fusion', FUSIONS)
 @pytest.mark.parametrize('layout', sorted(LAYOUTS))
 @pytest.mark.parametrize('batch', [1, 3])
 @pytest.mark.parametrize('mode', ['eval-no-grad', 'eval-grad', 'train'])
-def test_fast_path_matches_plain(fusion, layout, batch, mode):
+def test_eager_call_matches_plain(fusion, layout, batch, mode):
     block = make_block(fusion)
     block.train(mode == 'train')
     x = inputs(batch, layout, requires_grad=mode != 'eval-no-grad')
     kept = x.detach().clone()
     with torch.set_grad_enabled(mode != 'eval-no-grad'):
         ref = block.forward_plain(x)
-        out = block(x)  # eager: the fast path
+        out = block(x)  # eval without grad: the inference path
     assert torch.allclose(out, ref, atol=1e-6, rtol=1e-5)
     assert torch.equal(x, kept)  # the caller's input is untouched
     assert out.requires_grad == ref.requires_grad
-    if layout == 'channels_last':
-        assert out.is_contiguous(memory_format=CL)
+    if layout == 'channels_last' and mode == 'eval-no-grad':
+        assert out.is_contiguous(memory_format=CL)  # the kernels keep it
     # a different selection per sample (else the batch case tests little)
     if batch > 1:
         _, idx = block.select(x)
         assert len({tuple(sorted(r)) for r in idx.tolist()}) > 1
-
-
-@pytest.mark.parametrize('fusion', FUSIONS)
-@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
-def test_gradients_match_plain(fusion, layout):
-    fast = make_block(fusion).train()
-    plain = copy.deepcopy(fast)
-    grads = []
-    for block, forward in ((fast, fast.__call__),
-                           (plain, plain.forward_plain)):
-        torch.manual_seed(1)
-        x = inputs(3, layout, requires_grad=True)
-        w = torch.randn(3, 32, 5, 6)
-        (forward(x) * w).sum().backward()
-        grads.append([x.grad] + [p.grad for p in block.parameters()])
-    for g_fast, g_plain in zip(*grads):
-        assert g_fast is not None and g_fast.abs().sum() > 0
-        assert torch.allclose(g_fast, g_plain, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize('fusion', FUSIONS)
@@ -115,10 +92,12 @@ def test_inplace_writes_into_the_input_only_without_autograd(fusion, layout):
 def test_set_inplace_switches_every_block():
     model = ResNetMoD_CIFAR(depth=34)
     blocks = [m for m in model.modules() if isinstance(m, MoDBlock)]
-    assert len(blocks) == 7 and not any(b.inplace for b in blocks)
-    assert set_inplace(model) is model and all(b.inplace for b in blocks)
-    set_inplace(model, False)
+    # the backbones' stages drop each block's input: in place by default
+    assert len(blocks) == 7 and all(b.inplace for b in blocks)
+    assert set_inplace(model, False) is model
     assert not any(b.inplace for b in blocks)
+    set_inplace(model)
+    assert all(b.inplace for b in blocks)
 
 
 @pytest.mark.parametrize('fusion', FUSIONS)
@@ -134,8 +113,8 @@ def test_backbone_fast_equals_plain(fusion):
             outs, refs = model(x), plain(x)
         for out, ref in zip(outs, refs):
             assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
-    # in place: the same result, and no stage output is overwritten later
-    set_inplace(model).eval()
+    # copying: the same result
+    set_inplace(model, False).eval()
     plain.eval()
     with torch.no_grad():
         for out, ref in zip(model(x), plain(x)):
@@ -143,22 +122,132 @@ def test_backbone_fast_equals_plain(fusion):
 
 
 @pytest.mark.parametrize('grad', [False, True])
-def test_eager_calls_take_the_fast_path(grad):
-    block = make_block('first-k').train(grad)
+def test_which_path_runs(grad):
+    """Eval without autograd: the kernels and the folded block (no BN, no
+    gather, no concatenation); with autograd: the reference ops."""
+    block = make_block('first-k').eval()
     x = inputs(2, 'contiguous', requires_grad=grad)
     with torch.set_grad_enabled(grad), torch.profiler.profile() as prof:
         block(x)
     ops = {e.name for e in prof.events()}
-    assert {'aten::index_select', 'aten::addcmul_'} <= ops
-    assert 'aten::cat' not in ops and 'aten::gather' not in ops
+    reference = {'aten::gather', 'aten::cat', 'aten::batch_norm'}
+    assert 'aten::conv2d' in ops
+    assert (reference <= ops) if grad else not (reference & ops)
 
 
-def test_tracing_sees_the_reference_graph():
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('batch', [1, 3])
+@pytest.mark.parametrize('bias', [False, True])
+def test_select_gather_kernel(layout, batch, bias):
+    torch.manual_seed(0)
+    block = MoDBlock(48, conv_block, c=6, reduction=4)  # see make_block
+    if bias:
+        block.selector = mod_block.ChannelSelector(48, 4, bias=True)
+    x = LAYOUTS[layout](torch.randn(batch, 48, 5, 6))
+    fc1, fc2 = block.selector.fc1, block.selector.fc2
+    with torch.no_grad():
+        x_k, scores, idx = kernels.select_gather(x, fc1.weight, fc1.bias,
+                                                 fc2.weight, fc2.bias, 8)
+        ref_scores, ref_idx = block.select(x)
+    assert torch.equal(idx, ref_idx)
+    assert torch.allclose(scores, ref_scores, atol=1e-6)
+    assert torch.equal(x_k, x.gather(1, idx[:, :, None, None].expand(
+        -1, -1, 5, 6)))
+    assert x_k.is_contiguous(memory_format=CL if layout != 'contiguous'
+                             else torch.contiguous_format)
+
+
+def test_select_gather_breaks_ties_as_torch_topk():
+    x = torch.randn(1, 16, 2, 2)
+    w1, w2 = torch.zeros(4, 16), torch.randn(16, 4)  # equal logits (0)
+    _, scores, idx = kernels.select_gather(x, w1, None, w2, None, 4)
+    assert torch.equal(idx, torch.zeros(1, 16).topk(4, dim=1)[1])
+    assert torch.equal(scores, torch.full((1, 4), 0.5))
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('offset', [0, 24, -1])
+def test_scale_add_kernel(layout, offset):
+    out = LAYOUTS[layout](torch.randn(2, 32, 3, 4))
+    y = LAYOUTS[layout](torch.randn(2, 8, 3, 4))
+    scores = torch.rand(2, 8)
+    idx = torch.stack([torch.randperm(32)[:8] for _ in range(2)])
+    dst = idx if offset < 0 else torch.arange(offset, offset + 8).expand(2, 8)
+    ref = out.clone()
+    ref.scatter_add_(1, dst[:, :, None, None].expand(-1, -1, 3, 4),
+                     y * scores[:, :, None, None])
+    assert kernels.scale_add_(out, y, scores, idx, offset) is out
+    assert torch.allclose(out, ref, atol=1e-6)
+    with pytest.raises(RuntimeError, match='exceeds C=32'):
+        kernels.scale_add_(out, y, scores, idx, 30)
+
+
+def test_fold_for_inference_on_every_backbone_block():
+    """The Conv-Blocks of ResNet (basic, bottleneck), MobileNetV2 and VGG
+    MoD blocks: BN folded away, the same outputs."""
+    from mmmod.models import MobileNetV2MoD, ResNetMoD, VGGMoD
+    models = [ResNetMoD(depth=18), ResNetMoD(depth=50), MobileNetV2MoD(),
+              VGGMoD(depth=11)]
+    for model in models:
+        block = next(m for m in model.modules()
+                     if isinstance(m, MoDBlock)).block
+        for m in block.modules():  # non-trivial BN statistics
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+        block.eval()
+        folded = fold_for_inference(block)
+        assert not any(isinstance(m, nn.BatchNorm2d)
+                       for m in folded.modules()), type(block).__name__
+        x = torch.randn(2, block_in_channels(block), 6, 6)
+        with torch.no_grad():
+            assert torch.allclose(folded(x), block(x), atol=1e-5)
+
+
+def block_in_channels(block):
+    return next(m for m in block.modules()
+                if isinstance(m, nn.Conv2d)).in_channels
+
+
+def test_folded_block_follows_the_weights():
     block = make_block('first-k').eval()
-    traced = torch.jit.trace(block, torch.randn(2, 32, 5, 6))
+    x = inputs(2, 'contiguous')
+    with torch.no_grad():
+        block(x)
+        # edited in place in eval mode: the version counters notice
+        block.block[0].weight.mul_(-2)
+        assert torch.allclose(block(x), block.forward_plain(x), atol=1e-6)
+        # loaded from a checkpoint
+        other = make_block('first-k')
+        block.load_state_dict(other.state_dict())
+        assert torch.allclose(block(x), other.eval().forward_plain(x),
+                              atol=1e-6)
+        # trained a step (BN statistics move without a version bump)
+        block.train()
+        block.forward_plain(inputs(4, 'contiguous') * 3)
+        block.eval()
+        assert torch.allclose(block(x), block.forward_plain(x), atol=1e-6)
+    # the folded copy is no submodule: not in state_dict, not in modules()
+    assert set(block.state_dict()) == set(other.state_dict())
+
+
+def test_without_the_compiled_kernels_the_reference_path_runs(monkeypatch):
+    block = make_block('first-k').eval()
+    x = inputs(2, 'contiguous')
+    monkeypatch.setattr(mod_block, 'kernels', None)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        out = block(x)
+    assert 'aten::topk' in {e.name for e in prof.events()}
+    assert torch.allclose(out, block.forward_plain(x))
+
+
+@pytest.mark.parametrize('grad', [False, True])
+def test_tracing_sees_the_reference_graph(grad):
+    block = make_block('first-k').eval()
+    with torch.set_grad_enabled(grad):
+        traced = torch.jit.trace(block, torch.randn(2, 32, 5, 6))
     kinds = {n.kind() for n in traced.inlined_graph.nodes()}
-    assert {'aten::gather', 'aten::cat'} <= kinds
-    assert 'aten::addcmul_' not in kinds and 'aten::index_select' not in kinds
+    assert {'aten::topk', 'aten::gather', 'aten::cat'} <= kinds
 
 
 def test_torch_compile_gives_the_eager_output():

@@ -16,12 +16,12 @@ All shapes depend on ``C`` and ``c`` only, never on the input: the graph is
 static, so it traces, exports and compiles like any other CNN block.
 
 Two implementations compute the same function. :meth:`MoDBlock.forward_plain`
-is the definition, op for op (gather, block, scale, concatenate); tracing,
-``torch.export``, ONNX export and ``torch.compile`` see it.
-:meth:`MoDBlock.forward_fast` is the eager path: gather kernels that are
-cheaper and keep the input's memory layout, and the scaled result added,
-in place, into a copy of ``x`` (or, when autograd records nothing and
-``inplace=True``, into ``x`` itself).
+is the definition, op for op (gather, block, scale, concatenate): training,
+tracing, ``torch.export``, ONNX export and ``torch.compile`` run it.
+:meth:`MoDBlock.forward_inference` is the eager CPU inference path (no
+autograd, eval mode): two compiled kernels around a BN-folded copy of the
+Conv-Block (:mod:`mmmod.layers.inference`), adding into a copy of ``x`` or,
+with ``inplace=True``, into ``x`` itself.
 """
 from typing import Callable, Tuple
 
@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from .inference import fold_for_inference, kernels
 
 FUSIONS = ('first-k', 'last-k', 'original')
 
@@ -58,30 +60,6 @@ def check_input_channels(x: Tensor, channels: int, where: str) -> None:
     if x.dim() != 4 or x.shape[1] != channels:
         raise ValueError(f'{where} expects input of shape (N, {channels}, H, '
                          f'W), got {tuple(x.shape)}')
-
-
-def gather_channels(x: Tensor, idx: Tensor) -> Tensor:
-    """``x[n, idx[n]]`` for every sample ``n``, as (N, k, H, W) in ``x``'s
-    memory format.
-
-    The values of ``x.gather(1, idx[..., None, None].expand(...))``, with a
-    cheaper kernel for each dense layout: a contiguous map is a stack of
-    (H, W) planes, of which ``index_select`` copies whole ones; a
-    channels-last map is gathered along its innermost (channel) axis.
-    """
-    n, c, h, w = x.shape
-    if x.is_contiguous():
-        if n == 1:
-            return x.index_select(1, idx[0])
-        # plane numbers in the (N * C, H, W) stack
-        idx = idx + torch.arange(0, n * c, c, device=idx.device)[:, None]
-        return x.view(n * c, h, w).index_select(0, idx.view(-1)).view(
-            n, -1, h, w)
-    if x.is_contiguous(memory_format=torch.channels_last):
-        nhwc = x.permute(0, 2, 3, 1)
-        return nhwc.gather(3, idx[:, None, None].expand(-1, h, w, -1)).permute(
-            0, 3, 1, 2)
-    return x.gather(1, _expand_index(idx, x))
 
 
 def _expand_index(idx: Tensor, x: Tensor) -> Tensor:
@@ -132,12 +110,12 @@ class MoDBlock(nn.Module):
             (channels 0..k-1, the paper's best), ``'last-k'`` (C-k..C-1) or
             ``'original'`` (the channels they were gathered from).
         reduction: the selector's squeeze ratio r.
-        inplace: when autograd records nothing, add the result into ``x``
-            itself rather than into a copy, as ``nn.ReLU(inplace=True)``
-            does: one copy of the feature map less, but the caller's ``x``
-            then holds the output. Only for callers that drop ``x``, as the
-            stages of the mmmod backbones do; :func:`set_inplace` switches
-            a whole model. Default False.
+        inplace: on the inference path, add the result into ``x`` itself
+            rather than into a copy, as ``nn.ReLU(inplace=True)`` does: one
+            copy of the feature map less, but the caller's ``x`` then holds
+            the output. For callers that drop ``x``, as the stages of the
+            mmmod backbones do (they set it); :func:`set_inplace` switches a
+            whole model. Default False.
     """
 
     def __init__(self,
@@ -160,6 +138,7 @@ class MoDBlock(nn.Module):
         self.inplace = inplace
         self.selector = ChannelSelector(channels, reduction)
         self.block = block(self.k)
+        self._folded = None  # see _folded_block
 
     def select(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Scores (N, k) and indices (N, k) of the chosen channels, best
@@ -172,11 +151,18 @@ class MoDBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_channels(x, self.channels, 'MoDBlock')
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            # exporters and compilers get the reference graph: standard ops
-            # and no in-place writes (inductor fuses it by itself)
-            return self.forward_plain(x)
-        return self.forward_fast(x)
+        # Exporters and compilers get the reference graph (standard ops, no
+        # in-place writes: inductor fuses it by itself). Conditions ordered
+        # cheapest first: at batch 1 they are a visible share of the block.
+        if (not torch.is_grad_enabled() and not self.training
+                and kernels is not None and x.is_cpu
+                and x.dtype == torch.float32
+                and (x.is_contiguous()
+                     or x.is_contiguous(memory_format=torch.channels_last))
+                and not torch.jit.is_tracing()
+                and not torch.compiler.is_compiling()):
+            return self.forward_inference(x)
+        return self.forward_plain(x)
 
     def forward_plain(self, x: Tensor) -> Tensor:
         """The reference implementation: the definition, op for op."""
@@ -190,28 +176,48 @@ class MoDBlock(nn.Module):
             return torch.cat([x[:, :-k], x[:, -k:] + y], dim=1)
         return x.scatter_add(1, idx, y)
 
-    def forward_fast(self, x: Tensor) -> Tensor:
-        """:meth:`forward_plain` in fewer, cheaper kernels (the eager
-        path)."""
-        scores, idx = self.select(x)
-        y = self.block(gather_channels(x, idx))
-        # One plain copy of x (in its layout), updated in place on k
-        # channels with the scale fused in: cheaper than concatenating
-        # slices, forward and backward. Autograd needs x as it is; without
-        # it, inplace=True saves the copy.
-        if self.inplace and not torch.is_grad_enabled():
-            out = x
-        else:
-            out = x.clone()
-        s = scores.view(*scores.shape, 1, 1)
-        k = self.k
-        if self.fusion == 'first-k':
-            out.narrow(1, 0, k).addcmul_(y, s)
-        elif self.fusion == 'last-k':
-            out.narrow(1, self.channels - k, k).addcmul_(y, s)
-        else:
-            out.scatter_add_(1, _expand_index(idx, x), y * s)
-        return out
+    def forward_inference(self, x: Tensor) -> Tensor:
+        """:meth:`forward_plain` for eval mode without autograd (nothing
+        here records gradients), on a float32 CPU map, contiguous or
+        channels-last: a compiled kernel for selector, top-k and gather,
+        the BN-folded Conv-Block, and a kernel for the scaled fusion."""
+        fc1, fc2 = self.selector.fc1, self.selector.fc2
+        x_k, scores, idx = kernels.select_gather(x, fc1.weight, fc1.bias,
+                                                 fc2.weight, fc2.bias, self.k)
+        y = self._folded_block()(x_k)
+        out = x if self.inplace else x.clone()
+        # the first channel written to; -1: each back where it came from
+        offset = {'first-k': 0, 'last-k': self.channels - self.k}
+        return kernels.scale_add_(out, y, scores, idx,
+                                  offset.get(self.fusion, -1))
+
+    def _folded_block(self) -> Callable[[Tensor], Tensor]:
+        """The forward of the Conv-Block with BN folded
+        (:func:`fold_for_inference`). Rebuilt when the block's tensors are
+        changed in place (their version counters), and after ``train()`` /
+        ``eval()``, ``load_state_dict`` and ``.to()``, which drop it: call
+        ``eval()`` again after replacing modules or parameters by hand."""
+        cached = self._folded
+        if cached is None or cached[2] != kernels.version_sum(cached[1]):
+            tensors = [*self.block.parameters(), *self.block.buffers()]
+            # A plain tuple: not a registered submodule, not in state_dict.
+            # The bound forward skips nn.Module.__call__ (no hooks here).
+            cached = (fold_for_inference(self.block).forward, tensors,
+                      kernels.version_sum(tensors))
+            self._folded = cached
+        return cached[0]
+
+    def train(self, mode: bool = True) -> 'MoDBlock':
+        self._folded = None
+        return super().train(mode)
+
+    def _apply(self, *args, **kwargs):
+        self._folded = None
+        return super()._apply(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._folded = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f'channels={self.channels}, c={self.c}, k={self.k}, '

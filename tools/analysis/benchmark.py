@@ -17,10 +17,11 @@ alike; the table gives medians and the quartiles. Rows:
   block an ``nn.Identity``, i.e. MoD with free machinery. ``% of skip
   bound`` is the MoD model's speed-up as a share of this bound's;
 * ``NAME (plain)`` with ``--plain``: the MoD blocks' reference
-  implementation instead of their fast eager path.
+  implementation instead of their inference path (compiled kernels around a
+  BN-folded Conv-Block, see ``mmmod.layers.MoDBlock``).
 
-``--inplace`` lets the MoD blocks add into their input at inference (see
-``mmmod.layers.MoDBlock``); ``--compile`` / ``--freeze`` time every model
+``--fuse-conv-bn`` folds the BNs of every model, the baseline's too (the
+deployment comparison); ``--compile`` / ``--freeze`` time every model
 through ``torch.compile`` (with ``--freeze``, inductor's freezing: the
 fastest CPU inference of both baseline and MoD in our measurements).
 """
@@ -71,9 +72,9 @@ def parse_args(argv=None):
                    help='CPU only, even when a GPU is there')
     p.add_argument('--plain', action='store_true',
                    help="also time the MoD blocks' reference implementation")
-    p.add_argument('--inplace', action='store_true',
-                   help='MoD blocks add their result into their input at '
-                   'inference (mmmod.layers.set_inplace), saving a copy')
+    p.add_argument('--fuse-conv-bn', action='store_true',
+                   help='fold every BN into the conv before it, in every '
+                   'model, the baseline too (mmcv.cnn.fuse_conv_bn)')
     p.add_argument('--out', help='write the table here as Markdown (and the '
                    'raw timings next to it, as .json)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V',
@@ -99,7 +100,9 @@ def model_name(config):
 def build_models(args):
     """``{name: model}``: the configs' models, then their skip-bound (and
     with --plain, reference) variants."""
-    from mmmod.layers import MoDBlock, set_inplace
+    from mmcv.cnn import fuse_conv_bn
+
+    from mmmod.layers import MoDBlock
     from mmmod.utils.benchmark import skip_mod_blocks, use_plain_path
 
     models = {}
@@ -108,7 +111,8 @@ def build_models(args):
         if name in models:
             raise ValueError(f'two configs are named {name!r}: {config}')
         models[name], _ = build_model(config, cfg_options=args.cfg_options)
-        set_inplace(models[name], args.inplace)
+        if args.fuse_conv_bn:
+            models[name] = fuse_conv_bn(models[name])
     for name, model in list(models.items()):
         if any(isinstance(m, MoDBlock) for m in model.modules()):
             models[name + SKIP] = skip_mod_blocks(model)
@@ -175,7 +179,7 @@ def benchmark(args):
         channels_last=args.channels_last,
         compile=args.compile,
         freeze=args.freeze,
-        inplace=args.inplace,
+        fuse_conv_bn=args.fuse_conv_bn,
         warmup=args.warmup,
         repeats=args.repeats,
         train_batch_size=args.train_batch_size,
@@ -252,7 +256,7 @@ def describe(meta):
         text += (f"; training: batch {meta['train_batch_size']}, "
                  f"{meta['train_repeats']} steps")
     flags = [
-        f for f in ('channels_last', 'compile', 'freeze', 'inplace')
+        f for f in ('channels_last', 'compile', 'freeze', 'fuse_conv_bn')
         if meta[f]
     ]
     if flags:

@@ -58,7 +58,8 @@ class VGGMoD(VGG):
                         conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                         act_cfg=act_cfg),
                     c=c,
-                    fusion=fusion)
+                    fusion=fusion,
+                    inplace=True)  # as in ResNetMoD
 
     def forward(self, x):
         check_input_channels(x, 3, 'VGGMoD')
