@@ -123,15 +123,16 @@ def test_backbone_fast_equals_plain(fusion):
 
 @pytest.mark.parametrize('grad', [False, True])
 def test_which_path_runs(grad):
-    """Eval without autograd: the kernels and the folded block (no BN, no
-    gather, no concatenation); with autograd: the reference ops."""
+    """Eval without autograd: the kernels and the folded block (no ATen
+    top-k, gather, concatenation, convolution or BN); with autograd: the
+    reference ops."""
     block = make_block('first-k').eval()
     x = inputs(2, 'contiguous', requires_grad=grad)
     with torch.set_grad_enabled(grad), torch.profiler.profile() as prof:
         block(x)
     ops = {e.name for e in prof.events()}
-    reference = {'aten::gather', 'aten::cat', 'aten::batch_norm'}
-    assert 'aten::conv2d' in ops
+    reference = {'aten::topk', 'aten::gather', 'aten::cat', 'aten::conv2d',
+                 'aten::batch_norm'}
     assert (reference <= ops) if grad else not (reference & ops)
 
 
@@ -182,13 +183,37 @@ def test_scale_add_kernel(layout, offset):
         kernels.scale_add_(out, y, scores, idx, 30)
 
 
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize(
+    'shape',  # batch, in, out, kernel, stride, padding, dilation, groups, size
+    [(1, 4, 1, 1, 1, 0, 1, 1, 56), (2, 8, 8, 3, 1, 1, 1, 1, 7),
+     (1, 6, 6, 3, 1, 1, 1, 6, 9), (3, 4, 8, 3, 2, 1, 1, 2, 11),
+     (1, 4, 4, 3, 1, 2, 2, 1, 10), (1, 3, 5, 5, 2, 0, 1, 1, 13),
+     (2, 64, 64, 3, 1, 1, 1, 1, 16)])  # the last: too big, ATen's conv
+def test_conv2d_kernel(layout, shape):
+    n, cin, cout, k, stride, pad, dil, groups, size = shape
+    x = LAYOUTS[layout](torch.randn(n, cin, size, size))
+    w, b = torch.randn(cout, cin // groups, k, k), torch.randn(cout)
+    conv = torch.conv2d(x, w, b, stride, pad, dil, groups)
+    r = torch.randn_like(conv)
+    for residual, relu in ((None, False), (None, True), (r, False), (r, True)):
+        out = kernels.conv2d(x, w, b, [stride] * 2, [pad] * 2, [dil] * 2,
+                             groups, residual, relu)
+        ref = conv if residual is None else conv + residual
+        ref = ref.relu() if relu else ref
+        assert torch.allclose(out, ref, atol=1e-4, rtol=1e-5)
+        if layout == 'channels_last':
+            assert out.is_contiguous(memory_format=CL)
+
+
 def test_fold_for_inference_on_every_backbone_block():
     """The Conv-Blocks of ResNet (basic, bottleneck), MobileNetV2 and VGG
-    MoD blocks: BN folded away, the same outputs."""
+    MoD blocks: BN folded away, the same outputs; a ResNet block is nothing
+    but its convs (ReLUs and the residual add fused into them)."""
     from mmmod.models import MobileNetV2MoD, ResNetMoD, VGGMoD
     models = [ResNetMoD(depth=18), ResNetMoD(depth=50), MobileNetV2MoD(),
               VGGMoD(depth=11)]
-    for model in models:
+    for model, convs in zip(models, [2, 3, None, 1]):
         block = next(m for m in model.modules()
                      if isinstance(m, MoDBlock)).block
         for m in block.modules():  # non-trivial BN statistics
@@ -202,6 +227,10 @@ def test_fold_for_inference_on_every_backbone_block():
         x = torch.randn(2, block_in_channels(block), 6, 6)
         with torch.no_grad():
             assert torch.allclose(folded(x), block(x), atol=1e-5)
+        calls = [n.target for n in folded.graph.nodes
+                 if n.op in ('call_function', 'call_module')]
+        if convs is not None:
+            assert calls == [kernels.conv2d] * convs, calls
 
 
 def block_in_channels(block):

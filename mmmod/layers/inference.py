@@ -13,6 +13,7 @@ convolutions. The inference path cuts that number:
 """
 import copy
 import inspect
+import operator
 
 import torch
 import torch.fx as fx
@@ -94,14 +95,54 @@ def _call_as_functions(gm: fx.GraphModule) -> None:
                 if module.bias is not None:
                     setattr(gm, f'{name}_bias', module.bias.detach())
                     bias = graph.create_node('get_attr', f'{name}_bias')
-                new = graph.call_function(
-                    F.conv2d, (x, weight, bias, module.stride, module.padding,
-                               module.dilation, module.groups))
+                args = (x, weight, bias, module.stride, module.padding,
+                        module.dilation, module.groups)
+                if kernels is None or isinstance(module.padding, str):
+                    new = graph.call_function(F.conv2d, args)
+                else:  # residual and ReLU: see _fuse_into_convs
+                    new = graph.call_function(kernels.conv2d,
+                                              args + (None, False))
             else:
                 continue
         node.replace_all_uses_with(new)
         graph.erase_node(node)
+    _fuse_into_convs(graph)
     graph.eliminate_dead_code()
     graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+
+
+def _fuse_into_convs(graph: fx.Graph) -> None:
+    """``relu(conv(x))``, ``conv(x) + r`` and ``relu(conv(x) + r)`` become
+    one ``kernels.conv2d`` call, where the conv's output has no other use
+    (the inner layers and the residual end of ResNet and VGG blocks)."""
+    order = {node: i for i, node in enumerate(graph.nodes)}
+
+    def fusable_conv(node):  # args: x, w, b, stride, pad, dil, groups, r, relu
+        return (isinstance(node, fx.Node) and node.op == 'call_function'
+                and node.target is kernels.conv2d and len(node.users) == 1
+                and not node.args[8])
+
+    for node in list(graph.nodes):
+        if node.op != 'call_function':
+            continue
+        conv = None
+        if node.target in (torch.relu, torch.relu_) and fusable_conv(
+                node.args[0]):
+            conv = node.args[0]
+            conv.args = conv.args[:8] + (True, )
+        elif (node.target in (operator.add, torch.add) and not node.kwargs
+              and len(node.args) == 2):
+            for conv, other in (node.args, node.args[::-1]):
+                # the residual must exist before the conv runs
+                if (fusable_conv(conv) and conv.args[7] is None
+                        and isinstance(other, fx.Node)
+                        and order[other] < order[conv]):
+                    conv.args = conv.args[:7] + (other, False)
+                    break
+            else:
+                conv = None
+        if conv is not None:
+            node.replace_all_uses_with(conv)
+            graph.erase_node(node)

@@ -1,22 +1,28 @@
 // CPU inference kernels of the MoD block (mmmod/layers/mod_block.py).
 //
 // At batch 1 a MoD block does almost no arithmetic: its cost in eager PyTorch
-// is the dozen small ATen ops of the selector, top-k, gather and fusion, each
-// run with cold caches between two large convolutions (~25 us each). These two
-// kernels do the same work in two calls:
+// is the twenty-odd small ATen ops of the selector, top-k, gather, Conv-Block
+// and fusion, each run with cold caches between two large convolutions
+// (~20-30 us each, and more for a GEMM that wakes a second thread). These
+// kernels do the same work in a few calls:
 //
 //   select_gather: channel means -> Linear -> ReLU -> Linear -> top-k ->
 //                  sigmoid of the chosen logits, and the chosen channels
 //                  copied out;
+//   conv2d:        the Conv-Block's convolutions (BN folded), with the ReLU
+//                  and residual add that follow them, as direct loops when
+//                  the work is small (ATen's conv2d otherwise);
 //   scale_add_:    out[:, dst] += y * scores, in place.
 //
-// Both take float32 maps in NCHW (contiguous) or NHWC (channels-last) layout
+// They take float32 maps in NCHW (contiguous) or NHWC (channels-last) layout
 // and keep it. No autograd: MoDBlock calls them only when nothing records.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
+#include <numeric>
 #include <vector>
 
 namespace {
@@ -133,19 +139,43 @@ std::vector<at::Tensor> select_gather(const at::Tensor& x,
                                                : at::MemoryFormat::Contiguous));
   float* op = out.data_ptr<float>();
 
-  // logits of every sample, then ATen's own top-k: the same choice as
-  // torch.topk in forward_plain, ties included (a dead selector gives
-  // equal logits)
   auto logits = at::empty({n, c}, opts);
+  auto scores = at::empty({n, k}, opts);
+  auto index = at::empty({n, k}, opts.dtype(at::kLong));
   float* lp = logits.data_ptr<float>();
+  float* sp = scores.data_ptr<float>();
+  int64_t* ip = index.data_ptr<int64_t>();
   std::vector<float> h(hidden);
-  for (int64_t s = 0; s < n; ++s) {
+  std::vector<int64_t> order(c);
+  bool distinct = true;
+  for (int64_t s = 0; s < n && distinct; ++s) {
+    const float* l = lp + s * c;
     linear(w1, b1, mean.data() + s * c, h.data(), /*relu=*/true);
     linear(w2, b2, h.data(), lp + s * c, /*relu=*/false);
+    // The k largest logits, largest first. With distinct values (the top
+    // k + 1 all different, no NaN) this is the one answer torch.topk can
+    // give; otherwise its tie order is its own, so ask it (below).
+    const int64_t m = std::min(k + 1, c);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + m, order.end(),
+                      [l](int64_t a, int64_t b) { return l[a] > l[b]; });
+    for (int64_t j = 0; j < m; ++j)
+      distinct = distinct && !std::isnan(l[order[j]]) &&
+                 (j == 0 || l[order[j]] < l[order[j - 1]]);
+    for (int64_t j = 0; j < k; ++j) {
+      ip[s * k + j] = order[j];
+      sp[s * k + j] = 1.f / (1.f + std::exp(-l[order[j]]));
+    }
   }
-  auto [scores, index] = at::topk(logits, k, /*dim=*/1);
-  scores.sigmoid_();
-  const int64_t* ip = index.data_ptr<int64_t>();
+  if (!distinct) {  // ties (e.g. a selector whose ReLU outputs all zero)
+    for (int64_t s = 0; s < n; ++s) {
+      linear(w1, b1, mean.data() + s * c, h.data(), /*relu=*/true);
+      linear(w2, b2, h.data(), lp + s * c, /*relu=*/false);
+    }
+    auto top = at::topk(logits, k, /*dim=*/1);
+    index.copy_(std::get<1>(top));
+    scores.copy_(std::get<0>(top)).sigmoid_();
+  }
   for (int64_t s = 0; s < n; ++s) {
     const int64_t* sel = ip + s * k;
     if (!nhwc) {
@@ -214,6 +244,97 @@ at::Tensor scale_add_(at::Tensor out, const at::Tensor& y_any,
   return out;
 }
 
+// Above this many multiply-adds a convolution goes to ATen (oneDNN / BLAS):
+// direct loops win only while call overhead dominates.
+constexpr int64_t kDirectConvMaxMacs = 1 << 20;
+
+// out[oy, ox] += w * in[oy * sy + ky_off, ox * sx + kx_off] over the valid
+// output range, for one (output channel, input channel, tap).
+MOD_VECTORIZED void conv_tap(float* out, const float* in, float w,
+                             int64_t oh, int64_t ow, int64_t ih, int64_t iw,
+                             int64_t sy, int64_t sx, int64_t y0, int64_t x0) {
+  // valid ox: 0 <= x0 + ox * sx < iw
+  const int64_t ox_lo = x0 >= 0 ? 0 : (-x0 + sx - 1) / sx;
+  const int64_t ox_hi = std::min<int64_t>(ow, x0 >= iw ? 0 : (iw - 1 - x0) / sx + 1);
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    const int64_t iy = y0 + oy * sy;
+    if (iy < 0 || iy >= ih) continue;
+    float* o = out + oy * ow;
+    const float* r = in + iy * iw + x0;
+    if (sx == 1) {
+#pragma omp simd
+      for (int64_t ox = ox_lo; ox < ox_hi; ++ox) o[ox] += w * r[ox];
+    } else {
+      for (int64_t ox = ox_lo; ox < ox_hi; ++ox) o[ox] += w * r[ox * sx];
+    }
+  }
+}
+
+// relu(conv2d(x, w, b) + residual), residual and relu optional, in x's
+// memory layout. The convolutions of a MoD block's Conv-Block are small
+// (k = C // c channels): direct loops, one thread, no GEMM.
+at::Tensor conv2d(const at::Tensor& x_any, const at::Tensor& w,
+                  const c10::optional<at::Tensor>& b, at::IntArrayRef stride,
+                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                  int64_t groups, const c10::optional<at::Tensor>& residual,
+                  bool relu) {
+  check_map(x_any, "conv2d");
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.dim() == 4,
+              "conv2d: expects a float32 (O, I / groups, kH, kW) weight");
+  const bool has_res = residual && residual->defined();
+  const int64_t n = x_any.size(0), ic = x_any.size(1), ih = x_any.size(2),
+                iw = x_any.size(3);
+  const int64_t oc = w.size(0), icg = w.size(1), kh = w.size(2),
+                kw = w.size(3);
+  const int64_t oh = (ih + 2 * padding[0] - dilation[0] * (kh - 1) - 1) /
+                         stride[0] + 1;
+  const int64_t ow = (iw + 2 * padding[1] - dilation[1] * (kw - 1) - 1) /
+                         stride[1] + 1;
+  if (n * oc * oh * ow * icg * kh * kw > kDirectConvMaxMacs) {
+    auto y = at::conv2d(x_any, w, b, stride, padding, dilation, groups);
+    if (has_res) y.add_(*residual);
+    return relu ? y.relu_() : y;
+  }
+  TORCH_CHECK(ic == icg * groups && oc % groups == 0,
+              "conv2d: weight of shape ", w.sizes(), " does not fit ", ic,
+              " input channels in ", groups, " groups");
+  const auto format = channels_last(x_any) ? at::MemoryFormat::ChannelsLast
+                                           : at::MemoryFormat::Contiguous;
+  // the loops run on NCHW planes (a tiny map: converting is cheap)
+  const at::Tensor x = x_any.contiguous();
+  const at::Tensor wc = w.contiguous();
+  auto y = at::empty({n, oc, oh, ow}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = wc.data_ptr<float>();
+  const float* bp = (b && b->defined()) ? b->contiguous().data_ptr<float>()
+                                        : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t ocg = oc / groups, ohw = oh * ow;
+  for (int64_t s = 0; s < n; ++s) {
+    for (int64_t o = 0; o < oc; ++o) {
+      float* out = yp + (s * oc + o) * ohw;
+      std::fill_n(out, ohw, bp ? bp[o] : 0.f);
+      const int64_t g = o / ocg;
+      for (int64_t i = 0; i < icg; ++i) {
+        const float* in = xp + (s * ic + g * icg + i) * ih * iw;
+        for (int64_t ky = 0; ky < kh; ++ky)
+          for (int64_t kx = 0; kx < kw; ++kx)
+            conv_tap(out, in, wp[((o * icg + i) * kh + ky) * kw + kx], oh, ow,
+                     ih, iw, stride[0], stride[1],
+                     ky * dilation[0] - padding[0],
+                     kx * dilation[1] - padding[1]);
+      }
+    }
+  }
+  if (has_res) {
+    TORCH_CHECK(residual->sizes() == y.sizes(), "conv2d: residual of shape ",
+                residual->sizes(), " does not match the output ", y.sizes());
+    y.add_(*residual);
+  }
+  if (relu) y.relu_();
+  return format == at::MemoryFormat::ChannelsLast ? y.contiguous(format) : y;
+}
+
 // The sum of the tensors' version counters, which grow with every in-place
 // write: MoDBlock's check that its BN-folded copy is still current.
 int64_t version_sum(const std::vector<at::Tensor>& tensors) {
@@ -228,5 +349,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("b1"), py::arg("w2"), py::arg("b2"), py::arg("k"));
   m.def("scale_add_", &scale_add_, py::arg("out"), py::arg("y"),
         py::arg("scores"), py::arg("index"), py::arg("offset"));
+  m.def("conv2d", &conv2d, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("groups"), py::arg("residual"), py::arg("relu"));
   m.def("version_sum", &version_sum, py::arg("tensors"));
 }
