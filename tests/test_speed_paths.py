@@ -256,8 +256,10 @@ def test_folded_block_follows_the_weights():
         block.forward_plain(inputs(4, 'contiguous') * 3)
         block.eval()
         assert torch.allclose(block(x), block.forward_plain(x), atol=1e-6)
-    # the folded copy is no submodule: not in state_dict, not in modules()
+    # the folded copy is no submodule: not in state_dict, not in modules(),
+    # not in copies (rebuilt there on first use)
     assert set(block.state_dict()) == set(other.state_dict())
+    assert block._folded is not None and copy.deepcopy(block)._folded is None
 
 
 def test_without_the_compiled_kernels_the_reference_path_runs(monkeypatch):

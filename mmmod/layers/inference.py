@@ -7,9 +7,11 @@ cost is the number of ops it calls, each with cold caches between two large
 convolutions. The inference path cuts that number:
 
 * :data:`kernels`: the compiled ``mmmod._ext`` (``csrc/mod_block.cpp``): the
-  selector, top-k and gather in one call, the scaled fusion in another;
+  selector, top-k and gather in one call, each small convolution with the
+  ReLU and residual add after it in one call, the scaled fusion in one call;
 * :func:`fold_for_inference`: a copy of the Conv-Block with each BN folded
-  into the conv before it and convs / activations called as functions.
+  into the conv before it, rewritten to call those convolutions (and any
+  other activation) as functions.
 """
 import copy
 import inspect
@@ -36,8 +38,9 @@ def fold_for_inference(block: nn.Module) -> nn.Module:
     fewer calls.
 
     The copy is traced with ``torch.fx``; every ``Conv2d -> BatchNorm2d``
-    pair becomes one conv (BN folded into its weights), and convs, ReLUs
-    and identities are called as functions rather than modules. A block
+    pair becomes one conv (BN folded into its weights), convs become
+    ``kernels.conv2d`` calls that also apply the ReLU and the residual add
+    following them, other ReLUs are called as functions, identities go. A block
     that does not trace is returned as an eval copy, unchanged. The copy
     holds its own weights: rebuild it when ``block``'s change.
     """

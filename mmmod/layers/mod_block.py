@@ -19,9 +19,10 @@ Two implementations compute the same function. :meth:`MoDBlock.forward_plain`
 is the definition, op for op (gather, block, scale, concatenate): training,
 tracing, ``torch.export``, ONNX export and ``torch.compile`` run it.
 :meth:`MoDBlock.forward_inference` is the eager CPU inference path (no
-autograd, eval mode): two compiled kernels around a BN-folded copy of the
-Conv-Block (:mod:`mmmod.layers.inference`), adding into a copy of ``x`` or,
-with ``inplace=True``, into ``x`` itself.
+autograd, eval mode): compiled kernels for the selector, top-k and gather,
+a BN-folded copy of the Conv-Block, and the scaled fusion
+(:mod:`mmmod.layers.inference`), adding into a copy of ``x`` or, with
+``inplace=True``, into ``x`` itself.
 """
 from typing import Callable, Tuple
 
@@ -210,6 +211,9 @@ class MoDBlock(nn.Module):
     def train(self, mode: bool = True) -> 'MoDBlock':
         self._folded = None
         return super().train(mode)
+
+    def __getstate__(self):  # pickle and deepcopy: no cache
+        return {**self.__dict__, '_folded': None}
 
     def _apply(self, *args, **kwargs):
         self._folded = None
