@@ -306,8 +306,9 @@ at::Tensor conv2d(const at::Tensor& x_any, const at::Tensor& w,
   auto y = at::empty({n, oc, oh, ow}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wp = wc.data_ptr<float>();
-  const float* bp = (b && b->defined()) ? b->contiguous().data_ptr<float>()
-                                        : nullptr;
+  const bool has_bias = b && b->defined();
+  const at::Tensor bc = has_bias ? b->contiguous() : at::Tensor();
+  const float* bp = has_bias ? bc.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const int64_t ocg = oc / groups, ohw = oh * ow;
   for (int64_t s = 0; s < n; ++s) {
