@@ -335,18 +335,18 @@ def test_benchmark_tool_writes_the_table(tmp_path):
 
 def test_benchmark_tool_folds_every_model(tmp_path):
     """--fuse-conv-bn: the baseline's BNs fold too (a fair deployment
-    comparison); parameter counts drop by the BN parameters."""
-    out = tmp_path / 'fused.md'
-    tool('analysis/benchmark').main([
-        'configs/resnet_mod/baselines/resnet18_8xb32_in1k.py',
-        'configs/resnet_mod/resnet18-mod_8xb32_in1k.py', '--input-size',
-        '32', '--warmup', '1', '--repeats', '2', '--train-repeats', '0',
-        '--fuse-conv-bn', '--out',
-        str(out)
-    ])
-    text = out.read_text()
-    assert 'fuse_conv_bn' in text.splitlines()[0]
-    rows = {r.split(' | ')[0][2:]: r.split(' | ')
-            for r in text.splitlines()[4:]}
-    assert float(rows['resnet18'][1]) < 11.69  # no BN weights left
-    assert float(rows['resnet18-mod'][1]) < 5.46
+    comparison); every model loses its BN parameters."""
+    params = {}
+    for fuse in (False, True):
+        out = tmp_path / f'fused-{fuse}.md'
+        tool('analysis/benchmark').main([
+            'configs/resnet_mod/baselines/resnet18_8xb32_in1k.py',
+            'configs/resnet_mod/resnet18-mod_8xb32_in1k.py', '--input-size',
+            '32', '--warmup', '1', '--repeats', '2', '--train-repeats', '0',
+            '--out', str(out)
+        ] + ['--fuse-conv-bn'] * fuse)
+        assert ('fuse_conv_bn' in out.read_text().splitlines()[0]) == fuse
+        results = json.loads(out.with_suffix('.json').read_text())['results']
+        params[fuse] = {name: r['params'] for name, r in results.items()}
+    for name in ('resnet18', 'resnet18-mod'):
+        assert params[True][name] < params[False][name]
