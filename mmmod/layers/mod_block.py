@@ -136,6 +136,12 @@ class MoDBlock(nn.Module):
         self.c = c
         self.k = mod_channels(channels, c)
         self.fusion = fusion
+        # for the fusion kernel: the first channel written to, or -1 for
+        # each back where it came from ('original')
+        self._fusion_offset = {
+            'first-k': 0,
+            'last-k': channels - self.k
+        }.get(fusion, -1)
         self.inplace = inplace
         self.selector = ChannelSelector(channels, reduction)
         self.block = block(self.k)
@@ -187,10 +193,7 @@ class MoDBlock(nn.Module):
                                                  fc2.weight, fc2.bias, self.k)
         y = self._folded_block()(x_k)
         out = x if self.inplace else x.clone()
-        # the first channel written to; -1: each back where it came from
-        offset = {'first-k': 0, 'last-k': self.channels - self.k}
-        return kernels.scale_add_(out, y, scores, idx,
-                                  offset.get(self.fusion, -1))
+        return kernels.scale_add_(out, y, scores, idx, self._fusion_offset)
 
     def _folded_block(self) -> Callable[[Tensor], Tensor]:
         """The forward of the Conv-Block with BN folded

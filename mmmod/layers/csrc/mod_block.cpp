@@ -92,6 +92,32 @@ void check_weight(const at::Tensor& w, int64_t rows, int64_t cols,
               " float32 values");
 }
 
+// Above this many multiply-adds a convolution goes to ATen (oneDNN / BLAS):
+// direct loops win only while call overhead dominates.
+constexpr int64_t kDirectConvMaxMacs = 1 << 20;
+
+// out[oy, ox] += w * in[oy * sy + ky_off, ox * sx + kx_off] over the valid
+// output range, for one (output channel, input channel, tap).
+MOD_VECTORIZED void conv_tap(float* out, const float* in, float w,
+                             int64_t oh, int64_t ow, int64_t ih, int64_t iw,
+                             int64_t sy, int64_t sx, int64_t y0, int64_t x0) {
+  // valid ox: 0 <= x0 + ox * sx < iw
+  const int64_t ox_lo = x0 >= 0 ? 0 : (-x0 + sx - 1) / sx;
+  const int64_t ox_hi = std::min<int64_t>(ow, x0 >= iw ? 0 : (iw - 1 - x0) / sx + 1);
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    const int64_t iy = y0 + oy * sy;
+    if (iy < 0 || iy >= ih) continue;
+    float* o = out + oy * ow;
+    const float* r = in + iy * iw + x0;
+    if (sx == 1) {
+#pragma omp simd
+      for (int64_t ox = ox_lo; ox < ox_hi; ++ox) o[ox] += w * r[ox];
+    } else {
+      for (int64_t ox = ox_lo; ox < ox_hi; ++ox) o[ox] += w * r[ox * sx];
+    }
+  }
+}
+
 }  // namespace
 
 // x (N, C, H, W); w1 (hidden, C), b1; w2 (C, hidden), b2.
@@ -242,32 +268,6 @@ at::Tensor scale_add_(at::Tensor out, const at::Tensor& y_any,
     }
   }
   return out;
-}
-
-// Above this many multiply-adds a convolution goes to ATen (oneDNN / BLAS):
-// direct loops win only while call overhead dominates.
-constexpr int64_t kDirectConvMaxMacs = 1 << 20;
-
-// out[oy, ox] += w * in[oy * sy + ky_off, ox * sx + kx_off] over the valid
-// output range, for one (output channel, input channel, tap).
-MOD_VECTORIZED void conv_tap(float* out, const float* in, float w,
-                             int64_t oh, int64_t ow, int64_t ih, int64_t iw,
-                             int64_t sy, int64_t sx, int64_t y0, int64_t x0) {
-  // valid ox: 0 <= x0 + ox * sx < iw
-  const int64_t ox_lo = x0 >= 0 ? 0 : (-x0 + sx - 1) / sx;
-  const int64_t ox_hi = std::min<int64_t>(ow, x0 >= iw ? 0 : (iw - 1 - x0) / sx + 1);
-  for (int64_t oy = 0; oy < oh; ++oy) {
-    const int64_t iy = y0 + oy * sy;
-    if (iy < 0 || iy >= ih) continue;
-    float* o = out + oy * ow;
-    const float* r = in + iy * iw + x0;
-    if (sx == 1) {
-#pragma omp simd
-      for (int64_t ox = ox_lo; ox < ox_hi; ++ox) o[ox] += w * r[ox];
-    } else {
-      for (int64_t ox = ox_lo; ox < ox_hi; ++ox) o[ox] += w * r[ox * sx];
-    }
-  }
 }
 
 // relu(conv2d(x, w, b) + residual), residual and relu optional, in x's
