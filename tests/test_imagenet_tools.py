@@ -130,22 +130,43 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_dist_train_two_cpu_processes(imagenet, tmp_path):
-    work_dir = tmp_path / 'dist'
+def run_dist(script, args, tmp_path):
+    """tools/SCRIPT with 2 CPU processes; returns its log."""
     env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable)
     env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
-    out = subprocess.run(
-        ['bash', osp.join(ROOT, 'tools/dist_train.sh'), CONFIG, '2',
-         '--work-dir', str(work_dir), '--cfg-options'] + tiny(imagenet),
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-5000:]
+    out = subprocess.run(['bash', osp.join(ROOT, 'tools', script)] + args,
+                         capture_output=True, text=True, timeout=600,
+                         env=env, cwd=tmp_path)
     log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-5000:]
+    return log
+
+
+def test_dist_train_and_test_two_cpu_processes(imagenet, tmp_path):
+    work_dir = tmp_path / 'dist'
+    log = run_dist('dist_train.sh', [CONFIG, '2', '--work-dir',
+                                     str(work_dir), '--cfg-options'] +
+                   tiny(imagenet), tmp_path)
     assert 'GPU number: 2' in log
     # each process sees half of the 12 images: 3 iterations of 2 per epoch
     # (1 process: 6)
     assert 'Epoch(train) [1][3/3]' in log
     assert 'Epoch(val) [1][2/2]' in log
     assert meta(work_dir / 'epoch_1.pth')['iter'] == 3
+
+    # 2 processes evaluate 3 val images each; the stock metric gathers them
+    # into the same numbers as 1 process over all 6
+    ckpt = str(work_dir / 'epoch_1.pth')
+    log = run_dist('dist_test.sh', [CONFIG, ckpt, '2', '--work-dir',
+                                    str(tmp_path / 'dist_test'),
+                                    '--cfg-options'] + tiny(imagenet),
+                   tmp_path)
+    single = test_tool.main([CONFIG, ckpt, '--work-dir',
+                             str(tmp_path / 'test'), '--cfg-options'] +
+                            tiny(imagenet))
+    assert 'Epoch(test) [2/2]' in log
+    assert (f"accuracy/top1: {single['accuracy/top1']:.4f}  "
+            f"accuracy/top5: {single['accuracy/top5']:.4f}") in log
 
 
 def test_missing_data_root_is_named(imagenet, tmp_path):

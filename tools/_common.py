@@ -216,11 +216,19 @@ def build_runner(cfg, loaders):
     return Runner.from_cfg(cfg)
 
 
-def close_distributed():
-    """Tear down the process group at exit: a gloo group left to the
-    interpreter's shutdown can abort the process after a finished run."""
+def close_distributed(finished=True):
+    """Tear down the process group at exit.
+
+    After a finished run, first wait (barrier) until every rank's queued
+    collectives are done: a gloo worker thread that releases one while the
+    interpreter shuts down aborts the process ("terminate called without an
+    active exception", about 1 run in 3 of tools/dist_train.sh on CPU).
+    After a failure the other ranks may never arrive, so do not wait.
+    """
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -61,5 +61,7 @@ def main(argv=None):
 if __name__ == '__main__':
     try:
         main()
-    finally:
-        close_distributed()
+    except BaseException:
+        close_distributed(finished=False)
+        raise
+    close_distributed()
