@@ -186,10 +186,17 @@ def test_scale_add_kernel(layout, offset):
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
 @pytest.mark.parametrize(
     'shape',  # batch, in, out, kernel, stride, padding, dilation, groups, size
-    [(1, 4, 1, 1, 1, 0, 1, 1, 56), (2, 8, 8, 3, 1, 1, 1, 1, 7),
-     (1, 6, 6, 3, 1, 1, 1, 6, 9), (3, 4, 8, 3, 2, 1, 1, 2, 11),
-     (1, 4, 4, 3, 1, 2, 2, 1, 10), (1, 3, 5, 5, 2, 0, 1, 1, 13),
-     (2, 64, 64, 3, 1, 1, 1, 1, 16)])  # the last: too big, ATen's conv
+    [
+        (1, 4, 1, 1, 1, 0, 1, 1, 56),  # pointwise: the input is the matrix
+        # narrow outputs (< 14 columns): im2col patches
+        (2, 8, 8, 3, 1, 1, 1, 1, 7), (1, 6, 6, 3, 1, 1, 1, 6, 9),
+        (3, 4, 8, 3, 2, 1, 1, 2, 11), (1, 4, 4, 3, 1, 2, 2, 1, 10),
+        (1, 3, 5, 5, 2, 0, 1, 1, 13),
+        # wide outputs: direct taps
+        (1, 2, 2, 3, 1, 1, 1, 1, 28), (2, 4, 4, 3, 2, 1, 1, 2, 32),
+        (1, 4, 8, 1, 2, 0, 1, 1, 30), (1, 3, 3, 3, 1, 2, 2, 1, 20),
+        (2, 64, 64, 3, 1, 1, 1, 1, 16),  # too big: ATen's conv
+    ])
 def test_conv2d_kernel(layout, shape):
     n, cin, cout, k, stride, pad, dil, groups, size = shape
     x = LAYOUTS[layout](torch.randn(n, cin, size, size))

@@ -95,27 +95,86 @@ void check_weight(const at::Tensor& w, int64_t rows, int64_t cols,
 // Above this many multiply-adds a convolution goes to ATen (oneDNN / BLAS):
 // direct loops win only while call overhead dominates.
 constexpr int64_t kDirectConvMaxMacs = 1 << 20;
+// Narrower output maps multiply patches (im2col) instead of running taps
+// (measured in ResNet-MoD: taps win at 28 and 56 columns, patches at 7).
+constexpr int64_t kTapMinWidth = 14;
 
-// out[oy, ox] += w * in[oy * sy + ky_off, ox * sx + kx_off] over the valid
-// output range, for one (output channel, input channel, tap).
-MOD_VECTORIZED void conv_tap(float* out, const float* in, float w,
-                             int64_t oh, int64_t ow, int64_t ih, int64_t iw,
-                             int64_t sy, int64_t sx, int64_t y0, int64_t x0) {
-  // valid ox: 0 <= x0 + ox * sx < iw
-  const int64_t ox_lo = x0 >= 0 ? 0 : (-x0 + sx - 1) / sx;
-  const int64_t ox_hi = std::min<int64_t>(ow, x0 >= iw ? 0 : (iw - 1 - x0) / sx + 1);
-  for (int64_t oy = 0; oy < oh; ++oy) {
-    const int64_t iy = y0 + oy * sy;
-    if (iy < 0 || iy >= ih) continue;
-    float* o = out + oy * ow;
-    const float* r = in + iy * iw + x0;
-    if (sx == 1) {
+// y[i] += a * x[i]
+MOD_VECTORIZED void axpy(float* y, const float* x, float a, int64_t n) {
 #pragma omp simd
-      for (int64_t ox = ox_lo; ox < ox_hi; ++ox) o[ox] += w * r[ox];
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// The epilogue of one output plane, while it is in cache: + residual, ReLU.
+MOD_VECTORIZED void finish_plane(float* y, const float* residual, bool relu,
+                                 int64_t n) {
+  if (residual) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] += residual[i];
+  }
+  if (relu) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] = std::max(y[i], 0.f);
+  }
+}
+
+struct ConvGeometry {
+  int64_t ih, iw, kh, kw, oh, ow, sy, sx, py, px, dy, dx;
+
+  // The output columns [lo, hi) whose input column for tap column kx lies in
+  // the map, and that input column's offset at ox = 0.
+  void columns(int64_t kx, int64_t& lo, int64_t& hi, int64_t& x0) const {
+    x0 = kx * dx - px;
+    lo = std::min<int64_t>(ow, x0 >= 0 ? 0 : (-x0 + sx - 1) / sx);
+    hi = std::max<int64_t>(
+        lo, std::min<int64_t>(ow, x0 >= iw ? 0 : (iw - 1 - x0) / sx + 1));
+  }
+};
+
+// out[oy, ox] += w * in[oy * sy + ky * dy - py, ox * sx + kx * dx - px] over
+// the valid outputs, for one (output channel, input channel, tap): the direct
+// convolution, for maps wide enough to vectorise along a row.
+MOD_VECTORIZED void conv_tap(float* out, const float* in, float w,
+                             const ConvGeometry& g, int64_t ky, int64_t kx) {
+  int64_t lo, hi, x0;
+  g.columns(kx, lo, hi, x0);
+  for (int64_t oy = 0; oy < g.oh; ++oy) {
+    const int64_t iy = oy * g.sy + ky * g.dy - g.py;
+    if (iy < 0 || iy >= g.ih) continue;
+    float* o = out + oy * g.ow;
+    const float* r = in + iy * g.iw + x0;
+    if (g.sx == 1) {
+#pragma omp simd
+      for (int64_t ox = lo; ox < hi; ++ox) o[ox] += w * r[ox];
     } else {
-      for (int64_t ox = ox_lo; ox < ox_hi; ++ox) o[ox] += w * r[ox * sx];
+      for (int64_t ox = lo; ox < hi; ++ox) o[ox] += w * r[ox * g.sx];
     }
   }
+}
+
+// The input patches of ``channels`` NCHW planes as the rows of a matrix,
+// for narrow maps, where a row of conv_tap is too short to vectorise:
+// col[(i * kh + ky) * kw + kx][oy * ow + ox] =
+//   in[i][oy * sy + ky * dy - py][ox * sx + kx * dx - px], 0 outside the map.
+void im2col(const float* in, int64_t channels, const ConvGeometry& g,
+            float* col) {
+  for (int64_t i = 0; i < channels; ++i)
+    for (int64_t ky = 0; ky < g.kh; ++ky)
+      for (int64_t kx = 0; kx < g.kw; ++kx) {
+        int64_t lo, hi, x0;
+        g.columns(kx, lo, hi, x0);
+        for (int64_t oy = 0; oy < g.oh; ++oy, col += g.ow) {
+          const int64_t iy = oy * g.sy + ky * g.dy - g.py;
+          if (iy < 0 || iy >= g.ih) {
+            std::fill_n(col, g.ow, 0.f);
+            continue;
+          }
+          const float* r = in + (i * g.ih + iy) * g.iw + x0;
+          std::fill_n(col, lo, 0.f);
+          for (int64_t ox = lo; ox < hi; ++ox) col[ox] = r[ox * g.sx];
+          std::fill_n(col + hi, g.ow - hi, 0.f);
+        }
+      }
 }
 
 }  // namespace
@@ -272,7 +331,10 @@ at::Tensor scale_add_(at::Tensor out, const at::Tensor& y_any,
 
 // relu(conv2d(x, w, b) + residual), residual and relu optional, in x's
 // memory layout. The convolutions of a MoD block's Conv-Block are small
-// (k = C // c channels): direct loops, one thread, no GEMM.
+// (k = C // c channels): one thread, no library GEMM, one output plane at a
+// time (direct taps on wide maps; on narrow ones the input patches, a 1x1
+// stride-1 conv's input as is, times the weight), bias, residual and ReLU
+// applied while the plane is in cache.
 at::Tensor conv2d(const at::Tensor& x_any, const at::Tensor& w,
                   const c10::optional<at::Tensor>& b, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -282,15 +344,14 @@ at::Tensor conv2d(const at::Tensor& x_any, const at::Tensor& w,
   TORCH_CHECK(w.scalar_type() == at::kFloat && w.dim() == 4,
               "conv2d: expects a float32 (O, I / groups, kH, kW) weight");
   const bool has_res = residual && residual->defined();
-  const int64_t n = x_any.size(0), ic = x_any.size(1), ih = x_any.size(2),
-                iw = x_any.size(3);
-  const int64_t oc = w.size(0), icg = w.size(1), kh = w.size(2),
-                kw = w.size(3);
-  const int64_t oh = (ih + 2 * padding[0] - dilation[0] * (kh - 1) - 1) /
-                         stride[0] + 1;
-  const int64_t ow = (iw + 2 * padding[1] - dilation[1] * (kw - 1) - 1) /
-                         stride[1] + 1;
-  if (n * oc * oh * ow * icg * kh * kw > kDirectConvMaxMacs) {
+  const int64_t n = x_any.size(0), ic = x_any.size(1);
+  const int64_t oc = w.size(0), icg = w.size(1);
+  ConvGeometry g{x_any.size(2), x_any.size(3), w.size(2), w.size(3), 0, 0,
+                 stride[0], stride[1], padding[0], padding[1], dilation[0],
+                 dilation[1]};
+  g.oh = (g.ih + 2 * g.py - g.dy * (g.kh - 1) - 1) / g.sy + 1;
+  g.ow = (g.iw + 2 * g.px - g.dx * (g.kw - 1) - 1) / g.sx + 1;
+  if (n * oc * g.oh * g.ow * icg * g.kh * g.kw > kDirectConvMaxMacs) {
     auto y = at::conv2d(x_any, w, b, stride, padding, dilation, groups);
     if (has_res) y.add_(*residual);
     return relu ? y.relu_() : y;
@@ -298,41 +359,55 @@ at::Tensor conv2d(const at::Tensor& x_any, const at::Tensor& w,
   TORCH_CHECK(ic == icg * groups && oc % groups == 0,
               "conv2d: weight of shape ", w.sizes(), " does not fit ", ic,
               " input channels in ", groups, " groups");
+  TORCH_CHECK(!has_res || residual->sizes() ==
+                              at::IntArrayRef({n, oc, g.oh, g.ow}),
+              "conv2d: residual of shape ", residual->sizes(),
+              " does not match the output ",
+              at::IntArrayRef({n, oc, g.oh, g.ow}));
   const auto format = channels_last(x_any) ? at::MemoryFormat::ChannelsLast
                                            : at::MemoryFormat::Contiguous;
   // the loops run on NCHW planes (a tiny map: converting is cheap)
   const at::Tensor x = x_any.contiguous();
   const at::Tensor wc = w.contiguous();
-  auto y = at::empty({n, oc, oh, ow}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = wc.data_ptr<float>();
+  const at::Tensor rc = has_res ? residual->contiguous() : at::Tensor();
   const bool has_bias = b && b->defined();
   const at::Tensor bc = has_bias ? b->contiguous() : at::Tensor();
+  auto y = at::empty({n, oc, g.oh, g.ow}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = wc.data_ptr<float>();
   const float* bp = has_bias ? bc.data_ptr<float>() : nullptr;
+  const float* rp = has_res ? rc.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const int64_t ocg = oc / groups, ohw = oh * ow;
-  for (int64_t s = 0; s < n; ++s) {
-    for (int64_t o = 0; o < oc; ++o) {
-      float* out = yp + (s * oc + o) * ohw;
-      std::fill_n(out, ohw, bp ? bp[o] : 0.f);
-      const int64_t g = o / ocg;
-      for (int64_t i = 0; i < icg; ++i) {
-        const float* in = xp + (s * ic + g * icg + i) * ih * iw;
-        for (int64_t ky = 0; ky < kh; ++ky)
-          for (int64_t kx = 0; kx < kw; ++kx)
-            conv_tap(out, in, wp[((o * icg + i) * kh + ky) * kw + kx], oh, ow,
-                     ih, iw, stride[0], stride[1],
-                     ky * dilation[0] - padding[0],
-                     kx * dilation[1] - padding[1]);
+
+  const int64_t ocg = oc / groups, ohw = g.oh * g.ow;
+  const int64_t rows = icg * g.kh * g.kw;  // patch length
+  const bool pointwise = g.kh == 1 && g.kw == 1 && g.sy == 1 && g.sx == 1 &&
+                         g.py == 0 && g.px == 0;
+  const bool patches = pointwise || g.ow < kTapMinWidth;
+  std::vector<float> col(patches && !pointwise ? rows * ohw : 0);
+  for (int64_t s = 0; s < n; ++s)
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      const float* in = xp + (s * ic + grp * icg) * g.ih * g.iw;
+      const float* matrix = in;  // (rows, ohw) when patches
+      if (patches && !pointwise) {
+        im2col(in, icg, g, col.data());
+        matrix = col.data();
+      }
+      for (int64_t o = grp * ocg; o < (grp + 1) * ocg; ++o) {
+        float* out = yp + (s * oc + o) * ohw;
+        std::fill_n(out, ohw, bp ? bp[o] : 0.f);
+        const float* wo = wp + o * rows;
+        for (int64_t i = 0, r = 0; i < icg; ++i)
+          for (int64_t ky = 0; ky < g.kh; ++ky)
+            for (int64_t kx = 0; kx < g.kw; ++kx, ++r) {
+              if (patches)
+                axpy(out, matrix + r * ohw, wo[r], ohw);
+              else
+                conv_tap(out, in + i * g.ih * g.iw, wo[r], g, ky, kx);
+            }
+        finish_plane(out, rp ? rp + (s * oc + o) * ohw : nullptr, relu, ohw);
       }
     }
-  }
-  if (has_res) {
-    TORCH_CHECK(residual->sizes() == y.sizes(), "conv2d: residual of shape ",
-                residual->sizes(), " does not match the output ", y.sizes());
-    y.add_(*residual);
-  }
-  if (relu) y.relu_();
   return format == at::MemoryFormat::ChannelsLast ? y.contiguous(format) : y;
 }
 
