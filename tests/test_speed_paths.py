@@ -181,6 +181,8 @@ def test_scale_add_kernel(layout, offset):
     assert torch.allclose(out, ref, atol=1e-6)
     with pytest.raises(RuntimeError, match='exceeds C=32'):
         kernels.scale_add_(out, y, scores, idx, 30)
+    with pytest.raises(RuntimeError, match=r'index 32 is not in \[0, 32\)'):
+        kernels.scale_add_(out, y, scores, torch.full_like(idx, 32), -1)
 
 
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])

@@ -306,18 +306,17 @@ at::Tensor scale_add_(at::Tensor out, const at::Tensor& y_any,
   const float* yp = y.data_ptr<float>();
   const float* sp = scores.data_ptr<float>();
   const int64_t* ip = index.data_ptr<int64_t>();
+  std::vector<int64_t> dst(k);
   for (int64_t s = 0; s < n; ++s) {
     const float* sc = sp + s * k;
-    std::vector<int64_t> dst(k);
-    for (int64_t j = 0; j < k; ++j)
+    for (int64_t j = 0; j < k; ++j) {
       dst[j] = offset < 0 ? ip[s * k + j] : offset + j;
+      TORCH_CHECK(0 <= dst[j] && dst[j] < c, "scale_add_: channel index ",
+                  dst[j], " is not in [0, ", c, ")");
+    }
     if (!nhwc) {
-      for (int64_t j = 0; j < k; ++j) {
-        float* po = op + (s * c + dst[j]) * hw;
-        const float* py = yp + (s * k + j) * hw;
-        const float a = sc[j];
-        for (int64_t p = 0; p < hw; ++p) po[p] += py[p] * a;
-      }
+      for (int64_t j = 0; j < k; ++j)
+        axpy(op + (s * c + dst[j]) * hw, yp + (s * k + j) * hw, sc[j], hw);
     } else {
       for (int64_t p = 0; p < hw; ++p) {
         float* po = op + (s * hw + p) * c;
