@@ -9,11 +9,8 @@ backbones are registered. Several processes: tools/dist_train.sh.
 import argparse
 import os
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import (build_runner, close_distributed,  # noqa: E402
-                     load_config)
+from mmmod.apis import build_runner, close_distributed, load_config
 
 
 def parse_args(argv=None):

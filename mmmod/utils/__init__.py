@@ -1,4 +1,5 @@
 from .benchmark import measure_latency
 from .complexity import count_macs, count_params
+from .table import format_table
 
-__all__ = ['count_macs', 'count_params', 'measure_latency']
+__all__ = ['count_macs', 'count_params', 'format_table', 'measure_latency']

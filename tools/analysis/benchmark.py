@@ -30,12 +30,10 @@ import json
 import os
 import os.path as osp
 import platform
-import sys
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from _common import build_model  # noqa: E402
+from mmmod.apis import build_model
 
 SKIP, PLAIN = ' (skip bound)', ' (plain)'
 

@@ -9,12 +9,10 @@ both counted with ``mmmod.utils`` on the config's whole model.
 """
 import argparse
 import os.path as osp
-import sys
 
 import torch.nn as nn
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from _common import load_config  # noqa: E402
+from mmmod.apis import load_config
 
 HEADER = ('Model', 'GMACs', 'Params (M)')
 

@@ -15,13 +15,11 @@ import argparse
 import glob
 import json
 import os.path as osp
-import sys
 import warnings
 
 import numpy as np
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from _common import load_config  # noqa: E402
+from mmmod.apis import load_config
 
 HEADER = ('Model', 'Set', 'Test Acc. (%)', 'FLOPS (MMAC)', 'Params (M)',
           'Seeds')

@@ -20,11 +20,9 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 import warnings
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from _common import (check_data_roots, load_config,  # noqa: E402
+from mmmod.apis import (check_data_roots, load_config,
                      trust_checkpoints)
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.tif', '.tiff',

@@ -17,13 +17,11 @@ the exported models are timed side by side in ONNX Runtime, with the
 import argparse
 import os
 import os.path as osp
-import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from _common import build_model  # noqa: E402
+from mmmod.apis import build_model
 
 
 def parse_args(argv=None):

@@ -12,10 +12,8 @@ and are new.
 import argparse
 import json
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from _common import trust_checkpoints  # noqa: E402
+from mmmod.apis import trust_checkpoints
 
 
 def parse_args(argv=None):
