@@ -18,10 +18,10 @@ import argparse
 import os
 import os.path as osp
 
-import numpy as np
 import torch
 
 from mmmod.apis import build_model
+from mmmod.deployment import export, max_abs_diff, session
 
 
 def parse_args(argv=None):
@@ -86,36 +86,6 @@ def load(config, args, checkpoint=None):
     model.eval()
     name = osp.splitext(osp.basename(config))[0]
     return name + ('_backbone' if args.backbone else ''), model
-
-
-def export(model, x, path, opset):
-    """Write ``model`` traced on ``x`` to ``path`` (ONNX, static shapes)."""
-    with torch.no_grad():
-        torch.onnx.export(
-            model, (x, ), path, opset_version=opset, dynamo=True,
-            external_data=False, verbose=False)
-
-
-def session(path, threads=None):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(
-        path, opts, providers=['CPUExecutionProvider'])
-
-
-def max_abs_diff(model, sess, x):
-    """Largest |ONNX Runtime - PyTorch| over all outputs, on input ``x``."""
-    with torch.no_grad():
-        ref = model(x)
-    ref = ref if isinstance(ref, (tuple, list)) else [ref]
-    outs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
-    if len(outs) != len(ref):
-        raise RuntimeError(f'ONNX model gives {len(outs)} outputs, PyTorch '
-                           f'{len(ref)}')
-    return max(float(np.abs(o - r.numpy()).max()) for o, r in zip(outs, ref))
 
 
 def main(argv=None):

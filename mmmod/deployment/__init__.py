@@ -1,0 +1,3 @@
+from .onnx import export, max_abs_diff, session
+
+__all__ = ['export', 'max_abs_diff', 'session']
