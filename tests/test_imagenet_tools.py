@@ -1,6 +1,6 @@
 """tools/ end to end on a tiny ImageNet in the real on-disk layout: train,
 test, resume, 2 CPU processes, a missing data root, the complexity table."""
-import importlib.util
+import glob
 import json
 import os
 import os.path as osp
@@ -12,8 +12,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import tool
 from mmengine.config import Config
 from PIL import Image
+
+from mmmod import apis
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs/resnet_mod/resnet18-mod_8xb32_in1k.py')
@@ -21,18 +24,8 @@ CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 4, 2
 N_TRAIN = CLASSES * TRAIN_PER_CLASS  # 12 images: 6 iterations of 2
 
 
-def load_tool(path):
-    """tools/NAME.py as a module (``test`` would clash with the stdlib)."""
-    name = 'mmmod_tool_' + osp.splitext(osp.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, osp.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train_tool = load_tool('tools/train.py')
-test_tool = load_tool('tools/test.py')
-common = load_tool('tools/_common.py')
+train_tool = tool('train')
+test_tool = tool('test')
 
 
 @pytest.fixture(scope='module')
@@ -124,6 +117,36 @@ def test_train_resume_test(imagenet, tmp_path, monkeypatch):
     assert metrics['accuracy/top5'] >= top1
 
 
+def test_checkpoint_of_another_model_is_refused(imagenet, tmp_path):
+    """A ResNet18-MoD checkpoint on the ResNet50-MoD config: refused, naming
+    the keys, in tools/test.py, --resume and load_from; --partial-load runs
+    it anyway."""
+    from conftest import save_classifier_checkpoint
+    r50 = osp.join(ROOT, 'configs/resnet_mod/resnet50-mod_8xb32_in1k.py')
+    ckpt = tmp_path / 'r18mod.pth'
+    save_classifier_checkpoint(CONFIG, ckpt)
+    opts = ['--work-dir', str(tmp_path / 'work'), '--cfg-options'
+            ] + tiny(imagenet)
+
+    with pytest.raises(ValueError) as err:
+        test_tool.main([r50, str(ckpt)] + opts)
+    msg = str(err.value)
+    assert f'{ckpt} does not fit the model of this config' in msg
+    assert 'shapes that differ: backbone.layer1.0.conv1.weight' in msg
+    assert 'missing from the checkpoint: backbone.layer1.0.conv3.weight' in msg
+    assert '--partial-load' in msg
+    for args in ([r50, '--resume', str(ckpt)] + opts,
+                 [r50] + opts + [f'load_from={ckpt}']):
+        with pytest.raises(ValueError, match='does not fit the model'):
+            train_tool.main(args)
+    assert not glob.glob(str(tmp_path / 'work' / '*.pth'))  # nothing ran
+
+    metrics = test_tool.main([r50, str(ckpt), '--partial-load'] + opts)
+    assert 0 <= metrics['accuracy/top1'] <= 100
+    # the right model's checkpoint passes the check
+    assert test_tool.main([CONFIG, str(ckpt)] + opts)['accuracy/top1'] >= 0
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -198,7 +221,7 @@ def test_missing_data_in_nested_and_other_datasets(tmp_path):
         f'{key}.data_root': str(tmp_path / 'VOCdevkit')
     })
     with pytest.raises(FileNotFoundError) as err:
-        common.check_data_roots(cfg, ['train_dataloader'])
+        apis.check_data_roots(cfg, ['train_dataloader'])
     assert f'{key}.data_root: {tmp_path}/VOCdevkit does not exist' in str(
         err.value)
     assert 'VOC2012/{Annotations,ImageSets/Main,JPEGImages}/' in str(
@@ -207,48 +230,49 @@ def test_missing_data_in_nested_and_other_datasets(tmp_path):
     cfg.merge_from_dict({f'{key}.data_root': str(tmp_path)})
     with pytest.raises(FileNotFoundError, match=f'{key}.ann_file: '
                        f'{tmp_path}/VOC2012/ImageSets/Main/trainval.txt'):
-        common.check_data_roots(cfg, ['train_dataloader'])
+        apis.check_data_roots(cfg, ['train_dataloader'])
 
     def loader(**dataset):
         return dict(test_dataloader=dict(dataset=dataset))
 
     city = loader(type='CityscapesDataset', data_root='/no/cityscapes')
     with pytest.raises(FileNotFoundError, match='gtFine/{train,val}/<city>'):
-        common.check_data_roots(city, ['test_dataloader'])
+        apis.check_data_roots(city, ['test_dataloader'])
     other = loader(type='ADE20KDataset', data_root='/no/ade')
     with pytest.raises(FileNotFoundError, match='as the ADE20KDataset class'):
-        common.check_data_roots(other, ['test_dataloader'])
+        apis.check_data_roots(other, ['test_dataloader'])
     # CIFAR downloads itself unless told not to
-    common.check_data_roots(
+    apis.check_data_roots(
         loader(type='CIFAR10', data_root='/no/cifar'), ['test_dataloader'])
     with pytest.raises(FileNotFoundError, match='cifar-10-batches-py/'):
-        common.check_data_roots(
+        apis.check_data_roots(
             loader(type='CIFAR10', data_root='/no/cifar', download=False),
             ['test_dataloader'])
     # only the loaders the run uses are checked
-    common.check_data_roots(city, ['train_dataloader'])
+    apis.check_data_roots(city, ['train_dataloader'])
 
 
 def test_complexity_table(tmp_path, capsys):
-    tool = load_tool('tools/analysis/complexity.py')
+    from mmmod import paper
     md = tmp_path / 'table7.md'
-    rows = tool.main([
+    rows = tool('analysis/complexity').main([
         CONFIG,
         osp.join(ROOT, 'configs/resnet_mod/baselines/resnet18_8xb32_in1k.py'),
         '--shape', '224', '--out', str(md)
     ])
-    # supplement Table 7: R18-MoD 0.89 GMACs 5.46M; R18 1.82 GMACs (its
-    # 11.18M leaves out the head; with it, 11.69M)
+    # the paper's Table 7; stock ResNet18's 11.69M is torchvision's count
+    # (the paper's 11.18M leaves out the head)
+    mod = (paper.GMACS['resnet18-mod'], paper.PARAMS['resnet18-mod', 1000])
+    base = (paper.GMACS['resnet18'], 11.69)
     assert [(n, round(g, 2), round(p, 2)) for n, g, p in rows] == [
-        ('resnet18-mod_8xb32_in1k', 0.89, 5.46),
-        ('resnet18_8xb32_in1k', 1.82, 11.69)]
+        ('resnet18-mod', *mod), ('resnet18', *base)]
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == 'Input shape: 3x224x224'
     assert printed[1].split() == ['Model', 'GMACs', 'Params', '(M)']
-    assert printed[2].split() == ['resnet18-mod_8xb32_in1k', '0.89', '5.46']
-    assert printed[3].split() == ['resnet18_8xb32_in1k', '1.82', '11.69']
+    assert printed[2].split() == ['resnet18-mod', f'{mod[0]:.2f}',
+                                  f'{mod[1]:.2f}']
     assert md.read_text().splitlines() == [
         '| Model | GMACs | Params (M) |', '|---|---:|---:|',
-        '| resnet18-mod_8xb32_in1k | 0.89 | 5.46 |',
-        '| resnet18_8xb32_in1k | 1.82 | 11.69 |'
+        f'| resnet18-mod | {mod[0]:.2f} | {mod[1]:.2f} |',
+        f'| resnet18 | {base[0]:.2f} | {base[1]:.2f} |'
     ]

@@ -5,11 +5,10 @@ import os
 
 import modelindex  # installed with mmpretrain (OpenMMLab's mim reads it)
 import pytest
-from conftest import ROOT, tool
+from conftest import ROOT
 
+from mmmod.apis import load_config
 from mmmod.utils import count_params
-
-load_config = tool('_common').load_config
 
 
 def load_index():

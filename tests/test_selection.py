@@ -8,7 +8,9 @@ import torch
 from conftest import tool
 from PIL import Image
 
-from mmmod.analysis import Selection, summarise
+from mmmod.analysis import (Selection, SelectionRecorder, load_samples,
+                            summarise)
+from mmmod.apis import load_config
 from mmmod.layers import MoDBlock
 
 selection = tool('analysis/selection')
@@ -36,7 +38,7 @@ def setup(tmp_path_factory):
             images / f'{i}.png')
     config = root / 'r18mod_cifar.py'
     config.write_text(CONFIG)
-    cfg = selection.load_config(str(config))
+    cfg = load_config(str(config))
     init_default_scope(cfg.default_scope)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
@@ -57,7 +59,7 @@ def test_recorded_selections_are_each_blocks_topk(setup):
 
     # Each block's own top-k on its own input, without hooks: run the
     # backbone by hand, block by block, on the same images in one batch.
-    samples, _, _ = selection.load_samples(cfg, str(root / 'images'))
+    samples, _, _ = load_samples(cfg, str(root / 'images'))
     from mmengine.dataset import pseudo_collate
     x = model.data_preprocessor(pseudo_collate(samples), False)['inputs']
     bb = model.backbone
@@ -90,6 +92,29 @@ def test_recorded_selections_are_each_blocks_topk(setup):
     for figure in ('frequency.png', 'scores.png', 'features.png'):
         pixels = matplotlib.image.imread(out / figure)
         assert min(pixels.shape[:2]) > 200 and pixels.std() > 0.01, figure
+
+
+def test_recorder_keeps_a_copy_of_what_the_block_received():
+    """What features.png draws is the block's input as the block received
+    it, even if something writes into that tensor afterwards (as an
+    in-place fusion, or a hook, may)."""
+    block = MoDBlock(16, lambda k: torch.nn.Conv2d(k, k, 3, padding=1), c=4)
+    model = torch.nn.Sequential(torch.nn.Identity(), block).eval()
+    received = {}
+
+    def keep(module, args):  # (returns None: the input stays args[0])
+        received['x'] = args[0].clone()
+
+    block.register_forward_pre_hook(keep)
+    # something after the block writes into the block's input
+    block.register_forward_hook(lambda m, args, out: args[0].mul_(0))
+    x = torch.randn(3, 16, 5, 5)
+    with SelectionRecorder(model, keep_input_of=1) as rec, torch.no_grad():
+        model(x)
+    kept = rec.inputs['1']
+    assert x.abs().max() == 0  # the input was overwritten ...
+    torch.testing.assert_close(kept, received['x'][1])  # ... not the record
+    assert kept.abs().max() > 0
 
 
 def test_summary_measures_input_dependence():

@@ -1,15 +1,16 @@
 """Test a checkpoint of any mmmod config with the stock runner and metric.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] \
-        [--out results.pkl] [--tta] [--cfg-options key=value ...]
+        [--out results.pkl] [--tta] [--partial-load] [--cfg-options k=v ...]
 
+A checkpoint whose weights do not fit the config's model is refused (it
+would test a mostly random model) unless --partial-load.
 Several processes: tools/dist_test.sh.
 """
 import argparse
 import os
-import os.path as osp
 
-from mmmod.apis import build_runner, close_distributed, load_config
+from mmmod.apis import close_distributed, test
 
 
 def parse_args(argv=None):
@@ -21,6 +22,9 @@ def parse_args(argv=None):
     p.add_argument('--tta', action='store_true',
                    help='test-time augmentation from the config\'s '
                    'tta_model / tta_pipeline (e.g. multi-scale flip)')
+    p.add_argument('--partial-load', action='store_true',
+                   help='accept a checkpoint whose weights do not all fit '
+                   'the model (refused by default)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V')
     p.add_argument('--launcher', default='none',
                    choices=['none', 'pytorch', 'slurm', 'mpi'])
@@ -33,26 +37,8 @@ def parse_args(argv=None):
 def main(argv=None):
     """Returns the metrics, e.g. ``{'accuracy/top1': 76.2, ...}``."""
     args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
-    cfg = load_config(args.config, args.cfg_options, args.launcher,
-                      args.work_dir)
-    cfg.load_from = args.checkpoint
-    if args.tta:
-        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
-            raise KeyError(f'{args.config} defines no tta_model / '
-                           'tta_pipeline for --tta')
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
-        cfg.tta_model.module = cfg.model
-        cfg.model = cfg.tta_model
-    if args.out:
-        cfg.test_evaluator = list(cfg.test_evaluator) if isinstance(
-            cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
-        cfg.test_evaluator.append(
-            dict(type='DumpResults', out_file_path=args.out))
-
-    runner = build_runner(cfg, ['test_dataloader'])
-    return runner.test()
+    return test(args.config, args.checkpoint, args.work_dir, args.out,
+                args.tta, args.cfg_options, args.launcher, args.partial_load)
 
 
 if __name__ == '__main__':

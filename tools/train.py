@@ -1,16 +1,16 @@
 """Train any mmmod config (mmpretrain, mmseg or mmdet) with the stock runner.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] \
-        [--auto-scale-lr] [--cfg-options key=value ...] [--launcher pytorch]
+        [--auto-scale-lr] [--partial-load] [--cfg-options key=value ...] \
+        [--launcher pytorch]
 
 The toolbox is the config's ``default_scope``; mmmod is imported so that its
 backbones are registered. Several processes: tools/dist_train.sh.
 """
 import argparse
 import os
-import os.path as osp
 
-from mmmod.apis import build_runner, close_distributed, load_config
+from mmmod.apis import close_distributed, train
 
 
 def parse_args(argv=None):
@@ -29,6 +29,11 @@ def parse_args(argv=None):
         action='store_true',
         help='scale the lr by (total batch size / the config\'s '
         'auto_scale_lr.base_batch_size), for other GPU counts')
+    p.add_argument(
+        '--partial-load',
+        action='store_true',
+        help='accept a --resume / load_from checkpoint whose weights do not '
+        'all fit the model (refused by default)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V',
                    help='override config keys, e.g. '
                    'train_cfg.max_epochs=1 data_root=/data/cifar')
@@ -42,33 +47,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options, args.launcher,
-                      args.work_dir)
-    if args.amp:
-        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper not in ('OptimWrapper', 'AmpOptimWrapper'):
-            raise ValueError(f'--amp: optim_wrapper.type={wrapper!r} is not '
-                             'OptimWrapper, set AmpOptimWrapper yourself')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if args.auto_scale_lr:
-        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise KeyError(f'--auto-scale-lr: {args.config} sets no '
-                           'auto_scale_lr.base_batch_size')
-        cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume:
-        if not osp.isfile(args.resume):
-            raise FileNotFoundError(f'--resume: no checkpoint {args.resume}')
-        cfg.resume, cfg.load_from = True, args.resume
-
-    loaders = ['train_dataloader']
-    if cfg.get('val_cfg') is not None:
-        loaders.append('val_dataloader')
-    runner = build_runner(cfg, loaders)
-    runner.train()
-    return runner
+    return train(args.config, args.work_dir, args.resume, args.amp,
+                 args.auto_scale_lr, args.cfg_options, args.launcher,
+                 args.partial_load)
 
 
 if __name__ == '__main__':

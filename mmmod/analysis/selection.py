@@ -85,8 +85,11 @@ class SelectionRecorder:
             first, n = self._seen[name], x.shape[0]
             if self.keep_input_of is not None and \
                     first <= self.keep_input_of < first + n:
-                self.inputs[name] = x[self.keep_input_of - first].detach(
-                ).float().cpu()
+                # a copy: a float32 CPU map would otherwise be kept as a
+                # view, and anything that later writes into the block's
+                # input would change what we show
+                self.inputs[name] = x[self.keep_input_of - first].detach().to(
+                    'cpu', torch.float32, copy=True)
             self._seen[name] = first + n
 
         return hook

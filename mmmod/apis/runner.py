@@ -107,18 +107,89 @@ def close_distributed(finished=True):
         dist.destroy_process_group()
 
 
-def build_model(path, checkpoint=None, cfg_options=()):
-    """The model of config ``path``, built in the config's scope, with the
-    weights of ``checkpoint`` if given. Returns ``(model, cfg)``."""
-    from mmengine.registry import MODELS, init_default_scope
+def check_checkpoint_fits(model, checkpoint, flag=None):
+    """Raise ValueError unless every weight of ``checkpoint`` fits ``model``
+    and every weight of ``model`` is in it: no missing or unexpected keys,
+    no shape mismatch.
 
-    cfg = load_config(path, cfg_options)
+    mmengine loads ``load_from`` / ``--resume`` with ``strict=False``: a
+    checkpoint of another model only logs "size mismatch" lines and the run
+    goes on with a mostly random model. The message names the first keys
+    that do not fit and ``flag``, the option (if any) that accepts a
+    partial load.
+    """
+    from mmengine.model import is_model_wrapper
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    trust_checkpoints()
+    if is_model_wrapper(model):
+        model = model.module
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f'{checkpoint} holds no state dict')
+    # as mmengine's loader: a DDP-wrapped model saved its keys as 'module.*'
+    state = {k[len('module.'):] if k.startswith('module.') else k: v
+             for k, v in state.items()}
+    own = model.state_dict()
+    problems = [(f'{len(keys)} {what}', keys) for what, keys in (
+        ('weights of the model missing from the checkpoint',
+         [k for k in own if k not in state]),
+        ('weights of the checkpoint that the model does not have',
+         [k for k in state if k not in own]),
+        ('shapes that differ', [
+            f'{k} (checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)})'
+            for k, v in state.items()
+            if k in own and hasattr(v, 'shape') and v.shape != own[k].shape
+        ]),
+    ) if keys]
+    if problems:
+        lines = '\n'.join(f'  {n}: {", ".join(keys[:3])}'
+                          + (', ...' if len(keys) > 3 else '')
+                          for n, keys in problems)
+        raise ValueError(
+            f'{checkpoint} does not fit the model of this config '
+            f'({type(model).__name__}):\n{lines}\n'
+            'Is it a checkpoint of another config (another depth or model)?'
+            + (f' To load the weights that fit and leave the rest as '
+               f'initialised, pass {flag}.' if flag else ''))
+
+
+def build_model(config, checkpoint=None, cfg_options=(), init_weights=False):
+    """The model of config file ``config``, built in the config's scope: the
+    one model builder of every tool. Returns ``(model, cfg)``.
+
+    Args:
+        checkpoint: weights to load (a path or a URL), which must fit the
+            model exactly (:func:`check_checkpoint_fits`).
+        init_weights: without a checkpoint, run ``model.init_weights()``
+            (the config's ``init_cfg``: random init or the weights it
+            names); otherwise the model stays as constructed.
+    """
+    from mmengine.logging import MMLogger
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import load_checkpoint
+
+    cfg = load_config(config, cfg_options)
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
     if checkpoint:
-        from mmengine.runner import load_checkpoint
-        if not osp.isfile(checkpoint):
+        if '://' not in checkpoint and not osp.isfile(checkpoint):
             raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
+        if '://' not in checkpoint:
+            check_checkpoint_fits(model, checkpoint)
         trust_checkpoints()
-        load_checkpoint(model, checkpoint, map_location='cpu')
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    elif init_weights:
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel('WARNING')  # init_weights logs every parameter
+        try:
+            model.init_weights()
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"{e} (the config's init_cfg; for a random init drop it, "
+                'e.g. --cfg-options model.backbone.init_cfg=None)') from e
+        finally:
+            logger.setLevel(level)
     return model, cfg

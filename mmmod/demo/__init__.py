@@ -3,5 +3,6 @@
 Not imported by ``import mmmod``: it needs scikit-learn and matplotlib.
 """
 from .digits import export_digits, split_sizes
+from .run import DemoError, run_demo
 
-__all__ = ['export_digits', 'split_sizes']
+__all__ = ['DemoError', 'export_digits', 'run_demo', 'split_sizes']

@@ -19,16 +19,6 @@ def comparison_rows(results, baseline):
     return rows
 
 
-def markdown_table(rows):
-    lines = [_row(COLUMNS), _row(['---'] * len(COLUMNS))]
-    lines += [_row(r) for r in rows]
-    return '\n'.join(lines)
-
-
-def _row(cells):
-    return '| ' + ' | '.join(cells) + ' |'
-
-
 def plot_accuracy_latency(results, path, title):
     """One point per model: median latency (bar: quartiles) vs top-1,
     labelled with its speed-up over the first model."""
