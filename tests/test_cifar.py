@@ -127,6 +127,7 @@ def tiny_options(root, classes):
     ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     'model,classes', CASES, ids=[f'{m}-c{n}' for m, n in CASES])
 def test_config_matches_table11(model, classes):
@@ -178,6 +179,7 @@ def _image_keys(dataset):
     ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('classes', [10, 100])
 def test_split_on_disk(tiny, classes):
     cfg = Config.fromfile(str(_config('resnet18-mod', classes)))
@@ -227,6 +229,7 @@ def _json_lines(path):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_seeds_train_test_gather(tiny, tmp_path, capsys):
     """tools/cifar_seeds.sh with two seeds on ResNet18-MoD: training keeps
     the best-on-val checkpoint, tools/test.py tests it on the test split,

@@ -50,6 +50,7 @@ def test_paper_configs_present():
     assert not missing
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('path', CONFIGS)
 def test_config_builds(path):
     cfg = load(path)

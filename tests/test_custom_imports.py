@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 CASES = {
     'mmpretrain': ("mmpretrain::resnet/resnet50_8xb32_in1k.py",
                    "dict(backbone=dict(type='ResNetMoD'))", 'ResNetMoD'),

@@ -55,6 +55,7 @@ def test_numbers_are_marked_as_the_papers():
 WITH_PARAMS = [m for m in MODELS if 'Parameters' in m.metadata.data]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('model', WITH_PARAMS, ids=lambda m: m.name)
 def test_params_match_the_configs_model(model):
     from mmengine.registry import MODELS as REGISTRY

@@ -48,6 +48,7 @@ def setup(tmp_path_factory):
     return root, config, checkpoint, cfg, model.eval()
 
 
+@pytest.mark.e2e
 def test_recorded_selections_are_each_blocks_topk(setup):
     root, config, checkpoint, cfg, model = setup
     out = root / 'out'
@@ -153,6 +154,7 @@ def test_summary_measures_input_dependence():
     assert tied['mean_tied_left_out'] == 0.75
 
 
+@pytest.mark.e2e
 def test_random_init_warns_and_bad_input_is_named(setup, tmp_path):
     root, config, _, _, _ = setup
     with pytest.warns(UserWarning, match='randomly initialised'):
