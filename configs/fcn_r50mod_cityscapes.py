@@ -16,8 +16,11 @@ custom_imports = dict(imports=['mmmod'], allow_failed_imports=False)
 # stem, so the classifier must have it too: train it first with
 #   tools/dist_train.sh configs/resnet_mod/resnet50-v1c-mod_8xb32_in1k.py 8
 # (a 7x7-stem ResNet50-MoD checkpoint would leave the stem random: mmengine
-# only warns about missing keys).
+# only warns about missing keys). Without that run, use the config that
+# warm-starts the backbone from the stock ImageNet ResNet50-V1c, named here
+# for tools/train.py's message when `pretrained` is missing.
 pretrained = 'work_dirs/resnet50-v1c-mod_8xb32_in1k/epoch_100.pth'
+stock_init_config = 'fcn_r50mod-stock-init_cityscapes'
 model = dict(
     pretrained=None,  # the stock `open-mmlab://resnet50_v1c`
     backbone=dict(

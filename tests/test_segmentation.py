@@ -1,6 +1,11 @@
 """FCN ResNet50-MoD on Cityscapes (configs/fcn_r50mod_cityscapes.py): the
 stock mmseg recipe, the hand-off from our ImageNet classifier, and the tools
-training, resuming and testing it on a tiny dataset in Cityscapes' layout."""
+training, resuming and testing it on a tiny dataset in Cityscapes' layout;
+without the ImageNet MoD checkpoint, the message that says what to do; and
+the config that starts from the stock ImageNet ResNet50-V1c instead
+(configs/fcn_r50mod-stock-init_cityscapes.py), on a stand-in of it."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -8,15 +13,23 @@ from conftest import ROOT, save_classifier_checkpoint, tool
 from mmengine.fileio import load
 from mmengine.registry import init_default_scope
 from PIL import Image
+from stock_checkpoints import (place_stock_checkpoint, run_dist_train,
+                               stand_in_state)
+
+from mmmod import apis
+from mmmod.layers import MoDBlock
+from mmmod.models.warm_start import canonical_name
 
 CONFIG = str(ROOT / 'configs' / 'fcn_r50mod_cityscapes.py')
+STOCK_INIT = str(ROOT / 'configs' / 'fcn_r50mod-stock-init_cityscapes.py')
+STOCK = 'open-mmlab://resnet50_v1c'  # where mmseg's stock FCN starts
 IMAGENET = ROOT / 'configs' / 'resnet_mod' / 'resnet50-v1c-mod_8xb32_in1k.py'
 CITIES = {'train': ['aachen', 'bochum'], 'val': ['frankfurt']}
 H, W = 32, 64  # Cityscapes' 1:2 aspect ratio, tiny
 
 
-def load_config(*options):
-    return tool('_common').load_config(CONFIG, options)
+def load_config(*options, config=CONFIG):
+    return apis.load_config(config, options)
 
 
 def test_config_is_the_stock_fcn_recipe():
@@ -54,7 +67,7 @@ def test_config_is_the_stock_fcn_recipe():
 
 
 def test_default_checkpoint_is_what_the_imagenet_config_writes():
-    imagenet = tool('_common').load_config(str(IMAGENET))
+    imagenet = apis.load_config(str(IMAGENET))
     assert imagenet.model.backbone.type == 'ResNetV1cMoD'
     init = load_config().model.backbone.init_cfg
     assert init.type == 'Pretrained' and init.prefix == 'backbone.'
@@ -105,11 +118,12 @@ def make_cityscapes(root):
                     gt / f'{name}_gtFine_labelTrainIds.png')
 
 
-def tiny_run_options(root, ckpt):
+def tiny_run_options(root, ckpt=None):
     """The command-line overrides of the test: data, image size, schedule
-    (the stock RandomResize / Resize would blow the images up to 2048x1024)."""
-    options = [
-        f'model.backbone.init_cfg.checkpoint={ckpt}',
+    (the stock RandomResize / Resize would blow the images up to 2048x1024),
+    and the backbone's checkpoint if given."""
+    options = [f'model.backbone.init_cfg.checkpoint={ckpt}'] if ckpt else []
+    options += [
         f'model.data_preprocessor.size=({H},{H})',
         f'train_dataloader.dataset.pipeline.2.scale=({W},{H})',
         f'train_dataloader.dataset.pipeline.3.crop_size=({H},{H})',
@@ -145,6 +159,7 @@ def miou(results):
     return 100 * (inter[present] / union[present]).mean()
 
 
+@pytest.mark.e2e
 def test_train_resume_and_test_on_cityscapes_layout(tmp_path):
     root = tmp_path / 'cityscapes'
     make_cityscapes(root)
@@ -198,6 +213,7 @@ def test_train_resume_and_test_on_cityscapes_layout(tmp_path):
 
 def test_missing_data_root_names_the_expected_layout(tmp_path):
     root = tmp_path / 'cityscapes'
+    (tmp_path / 'imagenet.pth').touch()  # checked first
     with pytest.raises(FileNotFoundError) as error:
         tool('train').main([
             CONFIG, '--work-dir',
@@ -208,3 +224,157 @@ def test_missing_data_root_names_the_expected_layout(tmp_path):
     assert f'train_dataloader.dataset.data_root: {root} ' in message
     assert 'leftImg8bit/{train,val}/<city>/*_leftImg8bit.png' in message
     assert 'gtFine/{train,val}/<city>/*_gtFine_labelTrainIds.png' in message
+
+
+@pytest.fixture
+def not_built(monkeypatch):
+    """Fails the test if a runner (which builds the model and the data) is
+    made."""
+    from mmengine.runner import Runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('the runner was built')
+
+    monkeypatch.setattr(Runner, '__init__', refuse)
+
+
+def test_missing_imagenet_checkpoint_says_the_two_ways_on(
+        tmp_path, monkeypatch, not_built):
+    """The user's command as written, without the ImageNet MoD checkpoint:
+    one message naming the path, the command that trains it and the config
+    that starts from the stock ResNet; nothing is built."""
+    monkeypatch.chdir(ROOT)  # where the user runs the tools: relative names
+    missing = tmp_path / 'work_dirs/resnet50-v1c-mod_8xb32_in1k/epoch_100.pth'
+    work = tmp_path / 'work'
+    train = tool('train')
+    with pytest.raises(FileNotFoundError) as error:
+        train.main([CONFIG, '--work-dir', str(work), '--cfg-options',
+                    f'model.backbone.init_cfg.checkpoint={missing}'])
+    message = str(error.value)
+    assert message.startswith(
+        f'model.backbone.init_cfg.checkpoint: {missing} does not exist.')
+    assert ('1. train the model that writes it:\n       tools/dist_train.sh '
+            'configs/resnet_mod/resnet50-v1c-mod_8xb32_in1k.py 8') in message
+    assert ('2. or use the config that starts from the stock ImageNet ResNet '
+            '(no ImageNet MoD run needed):\n       python tools/train.py '
+            'configs/fcn_r50mod-stock-init_cityscapes.py') in message
+    assert not work.exists()
+
+    # In a distributed run: the user's GPU count; the other processes of
+    # a node point to the first one's message.
+    monkeypatch.setenv('WORLD_SIZE', '4')
+    for rank, expected in (('0', 'tools/dist_train.sh configs/fcn_r50mod-'
+                            'stock-init_cityscapes.py 4'),
+                           ('3', 'does not exist (the first process says '
+                            'what to do)')):
+        monkeypatch.setenv('LOCAL_RANK', rank)
+        with pytest.raises(FileNotFoundError, match=re.escape(expected)):
+            train.main([CONFIG, '--cfg-options',
+                        f'model.backbone.init_cfg.checkpoint={missing}'])
+
+
+def test_stock_init_config_changes_only_the_backbone_init():
+    mod = load_config().to_dict()
+    stock = load_config(config=STOCK_INIT).to_dict()
+    assert stock['model']['backbone'].pop('init_cfg') == dict(
+        type='WarmStartFromResNet', checkpoint=STOCK)
+    del mod['model']['backbone']['init_cfg']
+    assert (mod.pop('work_dir'), stock.pop('work_dir')) == (
+        'work_dirs/fcn_r50mod_cityscapes',
+        'work_dirs/fcn_r50mod-stock-init_cityscapes')
+    assert stock == mod
+    # the starting point of mmseg's own FCN config
+    from mmengine.config import Config
+    assert Config.fromfile('mmseg::fcn/fcn_r50-d8_4xb2-80k_cityscapes-'
+                           '512x1024.py').model.pretrained == STOCK
+
+
+@pytest.fixture
+def stock_v1c(tmp_path, monkeypatch):
+    """A stand-in of mmseg's ImageNet ResNet50-V1c where `open-mmlab://
+    resnet50_v1c` finds it (TORCH_HOME), in its layout (mmseg's own
+    ResNetV1c, bare keys)."""
+    from mmseg.models.backbones import ResNetV1c
+    torch_home = tmp_path / 'torch'
+    monkeypatch.setenv('TORCH_HOME', str(torch_home))
+    state = stand_in_state(ResNetV1c(depth=50))
+    place_stock_checkpoint(torch_home, STOCK, state)
+    return state
+
+
+def test_stock_init_backbone_takes_the_stock_weights(stock_v1c):
+    cfg = load_config(config=STOCK_INIT)
+    init_default_scope('mmseg')
+    from mmseg.registry import MODELS
+    backbone = MODELS.build(cfg.model).backbone
+    backbone.init_weights()
+    got, report = backbone.state_dict(), backbone.warm_start_report
+    # the stem (renamed into the backbone's layout where it differs) and
+    # the standard blocks: the stock weights
+    stock = {canonical_name(k): v for k, v in stock_v1c.items()}
+    for key in report.mapped:
+        assert torch.equal(got[key], stock[canonical_name(key)]), key
+    assert 'stem.0.weight' in stock_v1c
+    assert {k for k in got if k.startswith('stem.')} <= set(report.mapped)
+    # the MoD blocks: new, as in a scratch ResNet-MoD; the stock blocks
+    # they replace are skipped
+    mod = [n for n, m in backbone.named_modules() if isinstance(m, MoDBlock)]
+    assert len(mod) == 1 + 2 + 3 + 1  # ResNet50: blocks 3, 4, 6, 3
+    assert set(report.new) == {
+        k for k in got if k.startswith(tuple(f'{n}.' for n in mod))}
+    assert set(report.mapped) | set(report.new) == set(got)
+    assert {f'{n}.conv1.weight' for n in mod} <= set(report.skipped)
+    for name in mod:
+        assert torch.all(backbone.get_submodule(name).block.bn3.weight == 0)
+
+
+@pytest.mark.e2e
+def test_stock_init_trains_on_cityscapes_layout(tmp_path, stock_v1c):
+    root = tmp_path / 'cityscapes'
+    make_cityscapes(root)
+    work = tmp_path / 'work'
+    runner = tool('train').main([
+        STOCK_INIT, '--work-dir', str(work), '--cfg-options',
+        *tiny_run_options(root), 'train_cfg.max_iters=2'
+    ])
+    assert runner.iter == 2
+    assert np.isfinite(
+        runner.message_hub.get_scalar('train/loss').current())
+    log = next(work.glob('*/*.log')).read_text()
+    report = runner.model.backbone.warm_start_report
+    assert f'{report.summary()}' in log and STOCK in log
+    assert (work / 'iter_2.pth').exists()
+
+
+@pytest.mark.slow
+def test_dist_train_two_cpu_processes(tmp_path):
+    """tools/dist_train.sh with 2 CPU processes: the user's command without
+    the ImageNet MoD checkpoint stops in every process before building
+    anything; the stock-init config trains."""
+    from mmseg.models.backbones import ResNetV1c
+    torch_home = tmp_path / 'torch'
+    place_stock_checkpoint(torch_home, STOCK,
+                           stand_in_state(ResNetV1c(depth=50)))
+    root = tmp_path / 'cityscapes'
+    make_cityscapes(root)
+
+    status, log = run_dist_train(
+        [CONFIG, '--work-dir', str(tmp_path / 'missing'), '--cfg-options',
+         *tiny_run_options(root)], cwd=tmp_path, TORCH_HOME=str(torch_home))
+    assert status != 0
+    assert log.count('two ways on') == 1, log[-5000:]
+    assert ('work_dirs/resnet50-v1c-mod_8xb32_in1k/epoch_100.pth does not '
+            'exist (the first process says what to do)') in log
+    assert f'tools/dist_train.sh {STOCK_INIT} 2' in log
+    assert not (tmp_path / 'missing').exists()
+
+    work = tmp_path / 'work'
+    status, log = run_dist_train(
+        [STOCK_INIT, '--work-dir', str(work), '--cfg-options',
+         *tiny_run_options(root), 'train_cfg.max_iters=2'],
+        cwd=tmp_path, TORCH_HOME=str(torch_home))
+    assert status == 0, log[-5000:]
+    assert 'GPU number: 2' in log
+    assert 'warm start: ' in log and STOCK in log
+    assert torch.load(work / 'iter_2.pth', weights_only=False)['meta'][
+        'iter'] == 2

@@ -1,16 +1,25 @@
-"""Warm start: stock ResNet weights (mmpretrain or torchvision) into
-ResNet-MoD, through the converter and through
-``init_cfg=dict(type='WarmStartFromResNet')``."""
+"""Warm start: stock ResNet weights (mmpretrain, mmseg, mmdet or
+torchvision) into ResNet-MoD, through the converter and through
+``init_cfg=dict(type='WarmStartFromResNet')``, from files and from the
+``torchvision://`` / ``open-mmlab://`` schemes (stand-ins, no download)."""
+import io
 import json
+import logging
 import re
+from functools import partial
 
 import pytest
 import torch
 import torchvision
 from conftest import build_classifier, tool
+from mmengine.logging import MMLogger
 from mmengine.runner import load_checkpoint
+from stock_checkpoints import place_stock_checkpoint, stand_in_state
 
-from mmmod.layers import is_mod_position
+from mmmod.layers import MoDBlock, is_mod_position
+from mmmod.models import ResNetMoD, ResNetV1cMoD, ResNetV1dMoD
+from mmmod.models.warm_start import (WarmStartFromResNet, canonical_name,
+                                     map_resnet_to_mod)
 
 convert = tool('model_converters/resnet_to_mod').main
 MOD_KEY = re.compile(r'(backbone\.)?layer\d+\.(\d+)\.')
@@ -136,25 +145,189 @@ def test_bad_input_is_named(torchvision18, tmp_path):
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         convert([str(tmp_path / 'nope.pth'), str(tmp_path / 'x.pth'),
                  '--depth', '18'])
-    with pytest.raises(TypeError, match='ResNetMoD backbone'):
+    with pytest.raises(TypeError, match='ResNet-MoD backbone'):
         build_classifier(
             dict(type='ResNet', depth=18, init_cfg=dict(
                 type='WarmStartFromResNet', checkpoint=str(path))), 1000,
             512).init_weights()
 
 
-def test_deep_stem_maps_only_onto_a_deep_stem():
-    """mmseg's FCN starts from a V1c ResNet (deep stem): it warm-starts
-    ResNetV1cMoD, and is refused by the plain stem, naming the keys."""
-    from mmpretrain.models import ResNetV1c
+def v1c_class(toolbox):
+    """``toolbox``'s ResNetV1c (mmdet's is its ResNet with deep_stem)."""
+    import importlib
+    module = importlib.import_module(f'{toolbox}.models.backbones')
+    if toolbox == 'mmdet':
+        return partial(module.ResNet, deep_stem=True)
+    return module.ResNetV1c
 
-    from mmmod.models import ResNetMoD, ResNetV1cMoD
-    from mmmod.models.warm_start import map_resnet_to_mod
-    stock = randomised(ResNetV1c(depth=18).state_dict())
-    state, report = map_resnet_to_mod(ResNetV1cMoD(depth=18), stock)
-    assert torch.equal(state['stem.0.conv.weight'],
-                       stock['stem.0.conv.weight'])
+
+def stock_v1c(toolbox, depth=18):
+    """A stock ResNetV1c of ``toolbox``, randomised: mmseg's and mmdet's
+    deep stem is one Sequential (stem.0.weight, stem.1.*, stem.3.weight...),
+    mmpretrain's three ConvModules (stem.0.conv.weight, stem.0.bn.*...)."""
+    return randomised(v1c_class(toolbox)(depth=depth).state_dict())
+
+
+def mod_model_of(stock_cls, depth=18):
+    """The layout the MoD backbones have once each toolbox's ResNetMoD is
+    that toolbox's own ResNet class: the stock model with block 1 of each
+    stage a MoD block around the toolbox's own BasicBlock."""
+    model = stock_cls(depth=depth)
+    for stage in range(1, 5):
+        layer = getattr(model, f'layer{stage}')
+        block = type(layer[1])
+        layer[1] = MoDBlock(layer[1].conv2.out_channels,
+                            lambda k, block=block: block(k, k))
+    return model
+
+
+def check_warm_started(model, stock, rename=lambda k: k):
+    """Every standard key of ``model`` holds the stock weight of its name
+    (after ``rename``), every MoD block key is new, and the stock keys of
+    the blocks MoD blocks replace are skipped."""
+    state, report = map_resnet_to_mod(model, stock)
+    model.load_state_dict(state, strict=False)
+    loaded = model.state_dict()
+    new = {k for k in loaded if at_mod_position(k)}
+    assert new and set(report.new) == new
+    for key in set(loaded) - new:
+        assert torch.equal(loaded[key], stock[rename(key)]), key
+    assert set(report.skipped) == {k for k in stock if at_mod_position(k)}
+    assert set(report.mapped) == set(loaded) - new
+    return report
+
+
+SEQUENTIAL_STEM = {  # mmpretrain's stem name -> mmseg's / mmdet's
+    f'stem.{i}.{kind}.{p}': f'stem.{3 * i + (kind == "bn")}.{p}'
+    for i in range(3) for kind in ('conv', 'bn')
+    for p in ('weight', 'bias', 'running_mean', 'running_var',
+              'num_batches_tracked')
+}
+
+
+@pytest.mark.parametrize('toolbox', ['mmseg', 'mmdet'])
+def test_mmseg_mmdet_v1c_checkpoint_into_mmpretrain_layout(toolbox):
+    """`open-mmlab://resnet50_v1c` (mmseg's and mmdet's layout) warm-starts
+    ResNetV1cMoD, whose stem is mmpretrain's: the stem is renamed, none of
+    it stays random."""
+    stock = stock_v1c(toolbox)
+    assert 'stem.0.weight' in stock and 'stem.7.running_var' in stock
+    model = ResNetV1cMoD(depth=18)
+    assert 'stem.2.bn.running_var' in model.state_dict()
+    report = check_warm_started(model, stock,
+                                lambda k: SEQUENTIAL_STEM.get(k, k))
     assert 'stem.2.bn.running_var' in report.mapped
-    assert report.skipped == [k for k in stock if at_mod_position(k)]
-    with pytest.raises(KeyError, match=r"conv1\.weight"):
-        map_resnet_to_mod(ResNetMoD(depth=18), stock)
+
+
+@pytest.mark.parametrize('toolbox', ['mmseg', 'mmdet', 'mmpretrain'])
+@pytest.mark.parametrize('layout', ['mmseg', 'mmdet'])
+def test_v1c_checkpoints_into_the_toolbox_layout(toolbox, layout):
+    """After the backbones become each toolbox's own class (mmseg's and
+    mmdet's V1c stem layout), checkpoints of every toolbox still load."""
+    model = mod_model_of(v1c_class(layout))
+    stock = stock_v1c(toolbox)
+    if toolbox == 'mmpretrain':
+        to_mmpretrain = {v: k for k, v in SEQUENTIAL_STEM.items()}
+        check_warm_started(model, stock, lambda k: to_mmpretrain.get(k, k))
+    else:
+        check_warm_started(model, stock)
+
+
+def test_canonical_stem_names():
+    assert canonical_name('stem.0.weight') == canonical_name(
+        'stem.0.conv.weight') == 'stem.0.conv.weight'
+    assert canonical_name('stem.4.running_mean') == canonical_name(
+        'stem.1.bn.running_mean') == 'stem.1.norm.running_mean'
+    assert canonical_name('stem.7.bias') == canonical_name('stem.2.gn.bias')
+    assert canonical_name('layer1.0.conv1.weight') == 'layer1.0.conv1.weight'
+
+
+def test_stems_that_do_not_match_are_refused():
+    """No silent random stem: a deep-stem checkpoint into the plain stem,
+    the plain stem into the deep one, a checkpoint without a stem."""
+    v1c = stock_v1c('mmseg')
+    with pytest.raises(ValueError, match=r'deep V1c/V1d stem .*ResNetMoD'
+                       r'\(depth=18\) the plain 7x7'):
+        map_resnet_to_mod(ResNetMoD(depth=18), v1c)
+    plain = randomised(torchvision.models.resnet18().state_dict())
+    with pytest.raises(ValueError, match=r'plain 7x7 stem .*ResNetV1cMoD'
+                       r"\(depth=18\) the deep.*'open-mmlab://resnet50_v1c'"):
+        map_resnet_to_mod(ResNetV1cMoD(depth=18), plain)
+    stemless = {k: v for k, v in plain.items()
+                if not k.startswith(('conv1.', 'bn1.'))}
+    with pytest.raises(ValueError, match='no stem weights'):
+        map_resnet_to_mod(ResNetMoD(depth=18), stemless)
+    # a stock part of the model without weights: named, not skipped
+    holed = {k: v for k, v in plain.items()
+             if not k.startswith('layer3.0.downsample.1.')}
+    with pytest.raises(ValueError, match=r"no weights for 4 keys .*"
+                       r"'layer3.0.downsample.1.weight'"):
+        map_resnet_to_mod(ResNetMoD(depth=18), holed)
+    # V1d's shortcut (AvgPool, conv, norm) is not V1c's (conv, norm)
+    with pytest.raises(ValueError, match=r'layer2.0.downsample.1.weight has '
+                       r'shape \(128,\)'):
+        map_resnet_to_mod(ResNetV1dMoD(depth=18), v1c)
+    with pytest.raises(ValueError, match=r'ResNet18 weights.*depth=50'):
+        map_resnet_to_mod(ResNetMoD(depth=50), plain)
+    with pytest.raises(TypeError, match='ResNet-MoD backbone'):
+        map_resnet_to_mod(torchvision.models.resnet18(), plain)
+    with pytest.raises(TypeError, match='checkpoint must be a path'):
+        WarmStartFromResNet(checkpoint=None)
+
+
+def test_extra_modules_of_standard_blocks_start_fresh():
+    """A module a stock ResNet does not have (a DCN offset, a plugin) in a
+    standard block is new, as in mmdet, not a missing stock key."""
+    from mmseg.models.backbones import ResNetV1c
+    model = mod_model_of(ResNetV1c)
+    model.layer2[0].add_module('context', torch.nn.Conv2d(128, 8, 1))
+    _, report = map_resnet_to_mod(model, stock_v1c('mmseg'))
+    assert {'layer2.0.context.weight', 'layer2.0.context.bias'} <= set(
+        report.new)
+
+
+def stock_resnet18(kind):
+    if kind == 'torchvision':
+        return torchvision.models.resnet18()
+    from mmseg.models.backbones import ResNetV1c
+    return ResNetV1c(depth=18)
+
+
+@pytest.mark.parametrize('scheme,backbone,kind', [
+    ('torchvision://resnet18', 'ResNetMoD', 'torchvision'),
+    ('open-mmlab://resnet18_v1c', 'ResNetV1cMoD', 'mmseg'),
+])
+def test_stock_schemes_load_through_init_cfg(scheme, backbone, kind,
+                                             tmp_path, monkeypatch):
+    """``torchvision://`` and ``open-mmlab://`` go through mmengine's
+    loader, which finds the stand-in where it caches downloads."""
+    stock = stand_in_state(stock_resnet18(kind))
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    place_stock_checkpoint(tmp_path, scheme, stock)
+    model = build_classifier(
+        dict(type=backbone, depth=18, init_cfg=dict(
+            type='WarmStartFromResNet', checkpoint=scheme)), 1000, 512)
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        model.init_weights()
+    finally:
+        logger.removeHandler(handler)
+    log = log.getvalue()
+    report = model.backbone.warm_start_report
+    loaded = model.backbone.state_dict()
+    renamed = {canonical_name(k): v for k, v in stock.items()}
+    for key in report.mapped:
+        assert torch.equal(loaded[key], renamed[canonical_name(key)]), key
+    assert set(report.new) == {k for k in loaded if at_mod_position(k)}
+    assert 'fc.weight' not in loaded and 'layer4.1.conv2.weight' in \
+        report.skipped
+    # the MoD blocks start as in a scratch ResNet-MoD
+    for stage in range(1, 5):
+        block = getattr(model.backbone, f'layer{stage}')[1].block
+        assert torch.all(block.bn1.weight == 1)
+        assert torch.all(block.bn2.weight == 0)
+    assert report.summary() in log and scheme in log
+    assert 'skipped: layer1.1, layer2.1, layer3.1, layer4.1' in log

@@ -12,7 +12,11 @@ custom_imports = dict(imports=['mmmod'], allow_failed_imports=False)
 # The backbone starts from our own ImageNet ResNet50-MoD (7x7 stem, as the
 # stock `torchvision://resnet50`), trained first with
 #   tools/dist_train.sh configs/resnet_mod/resnet50-mod_8xb32_in1k.py 8
+# Without that run, use the config that warm-starts the backbone from the
+# stock ImageNet ResNet50, named here for tools/train.py's message when
+# `pretrained` is missing.
 pretrained = 'work_dirs/resnet50-mod_8xb32_in1k/epoch_100.pth'
+stock_init_config = 'faster-rcnn_r50mod-stock-init_fpn_1x_voc0712'
 model = dict(
     backbone=dict(
         type='ResNetMoD',

@@ -5,6 +5,7 @@ import os
 import os.path as osp
 import warnings
 
+from .checkpoints import check_checkpoints
 from .config import check_data_roots, load_config
 
 
@@ -80,6 +81,7 @@ def _replace_type(node, old, new):
 def build_runner(cfg, loaders):
     """The stock runner for ``cfg``, after checking the data roots of
     ``loaders`` (the dataloaders this run uses)."""
+    check_checkpoints(cfg)
     check_data_roots(cfg, loaders)
     trust_checkpoints()
     setup_distributed_without_cuda(cfg)

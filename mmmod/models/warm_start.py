@@ -1,10 +1,21 @@
-"""Warm start: a stock ResNet checkpoint into ResNet-MoD of the same depth.
+"""Warm start: a stock ResNet checkpoint into a ResNet-MoD backbone.
 
-ResNet-MoD keeps the stock ResNet's module names (mmpretrain's, which are
-torchvision's too): block ``layerS.I`` is a standard block wherever ``I`` is
-even, and takes the stock ``layerS.I`` weights, as do the stem and the head.
-The odd blocks are MoD blocks: their stock weights have no place (skipped) and
-the MoD selector and inner block start fresh (new).
+A ResNet-MoD backbone keeps the stock ResNet's module names: block
+``layerS.I`` is a standard block wherever ``I`` is even and takes the stock
+``layerS.I`` weights, as do the stem and the downsample shortcuts. The odd
+blocks are MoD blocks: the stock weights of those blocks have no place
+(skipped) and the MoD selector and inner block start fresh (new).
+
+Everything is matched against the model's own keys, so one warm start serves
+the MoD backbone of every toolbox. The stock checkpoints name the plain stem
+and the blocks alike (torchvision, mmpretrain, mmseg and mmdet: ``conv1``,
+``bn1``, ``layerS.I.convJ`` / ``bnJ`` / ``downsample.N``); the V1c/V1d deep
+stem has two layouts, renamed into the model's:
+
+- mmseg / mmdet (``open-mmlab://resnet50_v1c``): one ``nn.Sequential`` of
+  conv, norm, ReLU three times: ``stem.0.weight``, ``stem.1.*``,
+  ``stem.3.weight``, ...
+- mmpretrain: three ConvModules: ``stem.0.conv.weight``, ``stem.0.bn.*``, ...
 
 From a config, point the backbone straight at a stock checkpoint::
 
@@ -15,7 +26,6 @@ or convert a file once with ``tools/model_converters/resnet_to_mod.py`` and
 set ``load_from`` to the result.
 """
 import copy
-import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
@@ -23,21 +33,30 @@ from typing import Dict, List, Tuple
 from mmengine.logging import print_log
 from mmengine.model import constant_init, initialize, update_init_info
 from mmengine.registry import WEIGHT_INITIALIZERS
-from mmpretrain.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
-from torch import Tensor
+from mmpretrain.models.backbones.resnet import ResNet
+from torch import Tensor, nn
 
 from mmmod.layers import MoDBlock
-from .backbones import ResNetMoD
 
 _BLOCK = re.compile(r'layer(\d+)\.(\d+)\.')
+# The parameters and statistics a stock ResNet has under these names (the
+# stem, the blocks' convJ / normJ, the shortcut); any other key of a model
+# (DCN offsets, plugins) is an addition that starts fresh, as in mmdet.
+_STOCK_KEY = re.compile(
+    r'((conv1|bn1|stem\.\d+(\.\w+)?)|'
+    r'layer\d+\.\d+\.([a-z]+\d|downsample\.\d+))'
+    r'\.(weight|bias|running_mean|running_var|num_batches_tracked)')
+# Deep-stem layouts (see the module docstring), to one name per parameter.
+_STEM_SEQUENTIAL = re.compile(r'stem\.(\d+)\.(\w+)')
+_STEM_CONVMODULE = re.compile(r'stem\.(\d+)\.(\w+)\.(\w+)')
 
 
 @dataclass
 class WarmStartReport:
     """Key names, relative to the backbone, of what a warm start did."""
-    mapped: List[str] = field(default_factory=list)   # stock -> same name
+    mapped: List[str] = field(default_factory=list)   # stock -> model
     skipped: List[str] = field(default_factory=list)  # stock, no place
-    new: List[str] = field(default_factory=list)      # MoD, start fresh
+    new: List[str] = field(default_factory=list)      # model, start fresh
 
     def summary(self) -> str:
         return (f'warm start: {len(self.mapped)} keys mapped from the stock '
@@ -45,8 +64,23 @@ class WarmStartReport:
                 f'that MoD blocks replace), {len(self.new)} new MoD keys '
                 'start fresh')
 
+    def details(self) -> str:
+        """The summary, then the modules of each list, one line each."""
+        lines = [self.summary()]
+        for name, keys in self.to_dict().items():
+            modules = dict.fromkeys(_module_of(k) for k in keys)
+            lines.append(f'  {name}: {", ".join(modules) or "-"}')
+        return '\n'.join(lines)
+
     def to_dict(self) -> dict:
         return dict(mapped=self.mapped, skipped=self.skipped, new=self.new)
+
+
+def _module_of(key: str) -> str:
+    """``layer1.1.selector.fc1.weight`` -> ``layer1.1``; ``bn1.bias`` ->
+    ``bn1``: what the report lists per line."""
+    m = _BLOCK.match(key)
+    return m[0][:-1] if m else key.split('.')[0]
 
 
 def split_stock_checkpoint(checkpoint: dict) -> Tuple[dict, dict, list]:
@@ -54,9 +88,9 @@ def split_stock_checkpoint(checkpoint: dict) -> Tuple[dict, dict, list]:
 
     Takes an OpenMMLab checkpoint (``backbone.*`` / ``head.*`` keys, with or
     without a ``state_dict`` wrapper) or a torchvision / backbone-only one
-    (bare ``conv1.*``, ``layer1.0.*``, ``fc.*``). Returns
-    ``(backbone, head, other_keys)``: backbone and head keys as mmpretrain
-    names them inside those modules (``conv1.weight``, ``fc.weight``).
+    (bare ``conv1.*`` or ``stem.*``, ``layer1.0.*``, ``fc.*``). Returns
+    ``(backbone, head, other_keys)``: backbone and head keys as named inside
+    those modules (``conv1.weight``, ``fc.weight``).
     """
     state = checkpoint.get('state_dict', checkpoint)
     if any(k.startswith('backbone.') for k in state):
@@ -76,11 +110,11 @@ def _strip(state: dict, prefix: str) -> dict:
             if k.startswith(prefix)}
 
 
-def resnet_arch(backbone_state: dict, where: str = 'checkpoint') -> tuple:
-    """``(block name, blocks per stage)`` of the ResNet whose weights these
-    are, read from the ``layerS.I.*`` keys."""
+def resnet_arch(backbone_keys, where: str = 'checkpoint') -> tuple:
+    """``(block name, blocks per stage)`` of the ResNet with these backbone
+    keys, read from the ``layerS.I.*`` keys."""
     blocks = {}
-    for key in backbone_state:
+    for key in backbone_keys:
         m = _BLOCK.match(key)
         if m:
             stage, i = int(m[1]), int(m[2])
@@ -88,8 +122,8 @@ def resnet_arch(backbone_state: dict, where: str = 'checkpoint') -> tuple:
     if not blocks:
         raise ValueError(f'{where} holds no ResNet blocks (no layerS.I.* '
                          'keys): is it a ResNet checkpoint?')
-    bottleneck = any(
-        re.match(r'layer\d+\.\d+\.conv3\.', k) for k in backbone_state)
+    bottleneck = any(re.match(r'layer\d+\.\d+\.conv3\.', k)
+                     for k in backbone_keys)
     return ('Bottleneck' if bottleneck else 'BasicBlock',
             tuple(blocks[s] for s in sorted(blocks)))
 
@@ -101,54 +135,130 @@ def _arch_name(arch) -> str:
     return f'a ResNet with {arch[0]}s {list(arch[1])} (no stock depth)'
 
 
-def map_resnet_to_mod(model: ResNetMoD, backbone_state: Dict[str, Tensor],
+def stem_of(keys) -> str:
+    """``'plain'`` (the 7x7 ``conv1``), ``'deep'`` (V1c/V1d ``stem.*``) or
+    ``'none'``."""
+    if any(k.startswith('conv1.') for k in keys):
+        return 'plain'
+    if any(k.startswith('stem.') for k in keys):
+        return 'deep'
+    return 'none'
+
+
+def canonical_name(key: str) -> str:
+    """One name per parameter whatever the deep-stem layout:
+    ``stem.<conv>.conv.<p>`` / ``stem.<conv>.norm.<p>``, <conv> = 0, 1, 2.
+    Any other key is its own canonical name."""
+    m = _STEM_SEQUENTIAL.fullmatch(key)
+    if m:  # conv, norm, ReLU per conv
+        index, param = int(m[1]), m[2]
+        kind = ('conv', 'norm', 'act')[index % 3]
+        return f'stem.{index // 3}.{kind}.{param}'
+    m = _STEM_CONVMODULE.fullmatch(key)
+    if m:
+        kind = 'conv' if m[2] == 'conv' else 'norm'  # bn, gn, ...
+        return f'stem.{m[1]}.{kind}.{m[3]}'
+    return key
+
+
+def is_resnet_mod(model: nn.Module) -> bool:
+    """A ResNet (``layerS.I`` blocks) with MoD blocks, of any toolbox."""
+    return (any(isinstance(m, MoDBlock) for m in model.modules())
+            and any(_BLOCK.match(k) for k in model.state_dict()))
+
+
+def _model_name(model) -> str:
+    depth = getattr(model, 'depth', None)
+    return type(model).__name__ + (f'(depth={depth})' if depth else '')
+
+
+def _check_stem(model_stem, ckpt_stem, name, where):
+    if ckpt_stem == model_stem:
+        return
+    if ckpt_stem == 'none':
+        raise ValueError(f'{where} has no stem weights (neither conv1.* nor '
+                         f'stem.*): {name} would keep a random stem')
+    if ckpt_stem == 'deep':
+        raise ValueError(
+            f'{where} has the deep V1c/V1d stem (stem.*), {name} the plain '
+            '7x7 one (conv1.*, bn1.*): warm-start ResNetV1cMoD / '
+            'ResNetV1dMoD from it, or this backbone from a plain-stem '
+            "checkpoint (e.g. 'torchvision://resnet50')")
+    raise ValueError(
+        f'{where} has the plain 7x7 stem (conv1.*, bn1.*), {name} the deep '
+        'V1c/V1d one (stem.*): warm-start ResNetMoD from it, or this '
+        "backbone from a deep-stem checkpoint (e.g. "
+        "'open-mmlab://resnet50_v1c')")
+
+
+def _check_arch(model, model_keys, backbone_state, where):
+    name = _model_name(model)
+    arch = resnet_arch(model_keys, name)
+    src = resnet_arch(backbone_state, where)
+    # a model may use fewer stages (num_stages): the rest are skipped
+    if (src[0], src[1][:len(arch[1])]) == arch:
+        return
+    depth = getattr(model, 'depth', '')
+    stock = f'a stock ResNet{depth} ({arch[0]}s {list(arch[1])})'
+    if _arch_name(arch) != f'ResNet{depth}':
+        stock += f', and no stock ResNet{depth} exists'
+    raise ValueError(f'{where} holds {_arch_name(src)} weights, which '
+                     f'cannot warm-start {name}: that needs {stock}')
+
+
+def map_resnet_to_mod(model: nn.Module, backbone_state: Dict[str, Tensor],
                       where: str = 'checkpoint'):
     """Match a stock ResNet's backbone weights to ``model``'s keys.
 
     Returns ``(state, report)``: ``state`` holds the mapped weights under the
-    model's names. Raises ValueError when the checkpoint's depth or a shape
-    differs, KeyError when a standard part of ``model`` finds no weights.
+    model's names. Raises TypeError when ``model`` is no ResNet with MoD
+    blocks, ValueError when the checkpoint's stem, depth, a shape differs or
+    a stock part of ``model`` finds no weights.
     """
-    if not isinstance(model, ResNetMoD):
-        raise TypeError('a ResNet warm start needs a ResNetMoD backbone, got '
-                        f'{type(model).__name__}')
-    name = f'{type(model).__name__}(depth={model.depth})'
-    block, stages = model.arch_settings[model.depth]
-    src = resnet_arch(backbone_state, where)
-    if src != (block.__name__, stages):
-        stock = (f'a stock ResNet{model.depth} ({block.__name__}s '
-                 f'{list(stages)})')
-        if model.depth not in ResNet.arch_settings:
-            stock += f', and no stock ResNet{model.depth} exists'
-        raise ValueError(f'{where} holds {_arch_name(src)} weights, which '
-                         f'cannot warm-start {name}: that needs {stock}')
+    if not is_resnet_mod(model):
+        raise TypeError('a ResNet warm start needs a ResNet-MoD backbone '
+                        '(ResNetMoD, ResNetV1cMoD, ResNetV1dMoD, ...), got '
+                        f'{type(model).__name__}; a stock ResNet loads its '
+                        "checkpoint with init_cfg=dict(type='Pretrained')")
+    name = _model_name(model)
+    model_state = model.state_dict()
+    _check_stem(stem_of(model_state), stem_of(backbone_state), name, where)
+    _check_arch(model, model_state, backbone_state, where)
 
+    stock = {canonical_name(k): k for k in backbone_state}
     mod_blocks = tuple(n + '.' for n, m in model.named_modules()
                        if isinstance(m, MoDBlock))
     report = WarmStartReport()
-    state, missing = {}, []
-    for key, value in model.state_dict().items():
+    state, missing, used = {}, [], set()
+    for key, value in model_state.items():
+        src = stock.get(canonical_name(key))
         if key.startswith(mod_blocks):
             report.new.append(key)
-        elif key in backbone_state:
-            if backbone_state[key].shape != value.shape:
+        elif src is not None:
+            if backbone_state[src].shape != value.shape:
                 raise ValueError(
-                    f'{where}: {key} has shape '
-                    f'{tuple(backbone_state[key].shape)}, {name} expects '
-                    f'{tuple(value.shape)} (a different stem or width?)')
-            state[key] = backbone_state[key]
+                    f'{where}: {src} has shape '
+                    f'{tuple(backbone_state[src].shape)}, {name} expects '
+                    f'{tuple(value.shape)} for {key} (another width, or '
+                    'the V1d shortcut for the V1c one?)')
+            state[key] = backbone_state[src]
+            used.add(src)
             report.mapped.append(key)
-        elif not key.endswith('num_batches_tracked'):  # absent in old files
+        elif key.endswith('num_batches_tracked'):
+            pass  # absent in old files; counts nothing that matters
+        elif _STOCK_KEY.fullmatch(key):
             missing.append(key)
+        else:
+            report.new.append(key)
     if missing:
-        raise KeyError(f'{where} has no weights for {len(missing)} keys of '
-                       f'the standard blocks of {name}, e.g. {missing[:3]} '
-                       '(a different stem, e.g. V1c deep stem vs plain?)')
-    report.skipped = [k for k in backbone_state if k not in state]
+        raise ValueError(f'{where} has no weights for {len(missing)} keys '
+                         f'that a stock ResNet has and {name} takes from '
+                         f'it, e.g. {missing[:3]}')
+    report.skipped = [k for k in backbone_state if k not in used]
     return state, report
 
 
-def warm_start_resnet_mod(model: ResNetMoD, checkpoint: dict,
+def warm_start_resnet_mod(model: nn.Module, checkpoint: dict,
                           where: str = 'checkpoint') -> WarmStartReport:
     """Load a stock ResNet checkpoint's backbone weights into ``model``."""
     backbone, _, _ = split_stock_checkpoint(checkpoint)
@@ -159,44 +269,60 @@ def warm_start_resnet_mod(model: ResNetMoD, checkpoint: dict,
 
 @WEIGHT_INITIALIZERS.register_module()
 class WarmStartFromResNet:
-    """``init_cfg`` type: warm-start a ResNetMoD from a stock ResNet.
+    """``init_cfg`` type: warm-start a ResNet-MoD from a stock ResNet.
 
-    Everything starts as in a scratch ResNetMoD (the stock ResNet's default
+    Everything starts as in a scratch ResNet-MoD (the stock ResNet's default
     init, ``zero_init_residual`` on the MoD blocks' inner blocks), then the
-    standard blocks, the stem and the norms load the stock weights.
+    stem, the standard blocks and the shortcuts load the stock weights. The
+    report (mapped / skipped / new keys) is logged and kept as the
+    backbone's ``warm_start_report``. A checkpoint whose stem or stages do
+    not match the backbone's is refused, naming both.
 
     Args:
         checkpoint (str): a path or any scheme mmengine loads
-            (``torchvision://resnet50``, ``open-mmlab://...``, http),
-            in OpenMMLab or torchvision format.
+            (``torchvision://resnet50``, ``open-mmlab://resnet50_v1c``,
+            http), in OpenMMLab (mmpretrain, mmseg, mmdet) or torchvision
+            format.
         map_location (str): where tensors are loaded. Default 'cpu'.
     """
 
-    # mmpretrain ResNet's own default init_cfg (Kaiming convs, unit norms)
-    stock_init = inspect.signature(ResNet).parameters['init_cfg'].default
+    # The default init of the stock ResNet of all three toolboxes (Kaiming
+    # convs, unit norms), which this init_cfg replaces.
+    stock_init = [
+        dict(type='Kaiming', layer=['Conv2d']),
+        dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])
+    ]
 
     def __init__(self, checkpoint: str, map_location: str = 'cpu'):
+        if not isinstance(checkpoint, str) or not checkpoint:
+            raise TypeError('WarmStartFromResNet: checkpoint must be a path '
+                            f'or URL string, got {checkpoint!r}')
         self.checkpoint = checkpoint
         self.map_location = map_location
 
     def __call__(self, module):
         from mmengine.runner import CheckpointLoader
 
-        if not isinstance(module, ResNetMoD):
+        if not is_resnet_mod(module):
             raise TypeError('WarmStartFromResNet goes in the init_cfg of a '
-                            f'ResNetMoD backbone, not {type(module).__name__}')
+                            'ResNet-MoD backbone (ResNetMoD, ResNetV1cMoD, '
+                            f'...), not {type(module).__name__}')
         initialize(module, copy.deepcopy(self.stock_init))
         ckpt = CheckpointLoader.load_checkpoint(self.checkpoint,
                                                 self.map_location)
         report = warm_start_resnet_mod(module, ckpt, self.checkpoint)
-        if module.zero_init_residual:
+        if getattr(module, 'zero_init_residual', False):
             for m in module.modules():
                 if isinstance(m, MoDBlock):
                     _zero_init_residual(m)
-            # ResNet.init_weights zero-inits every block after this call,
-            # which would wipe the loaded last norms of the standard blocks.
+            # mmpretrain's ResNet.init_weights zero-inits every block after
+            # this call, which would wipe the loaded last norms of the
+            # standard blocks (mmseg's and mmdet's do it in their default
+            # init_cfg, which this one replaces).
             module.zero_init_residual = False
-        print_log(f'{report.summary()} ({self.checkpoint})', logger='current')
+        module.warm_start_report = report
+        print_log(f'{report.details()}\n  from {self.checkpoint}',
+                  logger='current')
         if hasattr(module, '_params_init_info'):
             update_init_info(module, init_info=self._get_init_info())
 
@@ -204,9 +330,10 @@ class WarmStartFromResNet:
         return f'{type(self).__name__}: load from {self.checkpoint}'
 
 
-def _zero_init_residual(module):
-    for m in module.modules():
-        if isinstance(m, Bottleneck):
-            constant_init(m.norm3, 0)
-        elif isinstance(m, BasicBlock):
-            constant_init(m.norm2, 0)
+def _zero_init_residual(mod_block: MoDBlock):
+    """Zero the last norm of the MoD block's inner Bottleneck (``norm3``) or
+    BasicBlock (``norm2``): every toolbox's blocks name them so."""
+    for m in mod_block.modules():
+        last = getattr(m, 'norm3', None) or getattr(m, 'norm2', None)
+        if last is not None:
+            constant_init(last, 0)

@@ -3,7 +3,8 @@
     python tools/model_converters/resnet_to_mod.py SRC DST --depth 50 \
         [--torchvision] [--type ResNetMoD] [--no-head] [--report R.json]
 
-Standard blocks, stem and head keep the stock weights (same names); the
+Standard blocks, stem and head keep the stock weights (same names; a V1c/V1d
+deep stem in mmseg's / mmdet's layout is renamed into mmpretrain's); the
 blocks that MoD blocks replace are dropped. DST is an mmpretrain checkpoint
 (``backbone.*``, ``head.fc.*``) for ``load_from = DST``: the MoD blocks, not
 in it, keep the config's own init. Prints which keys were mapped, skipped
@@ -25,8 +26,9 @@ def parse_args(argv=None):
                    help='depth of the ResNet-MoD to warm-start; the stock '
                    'checkpoint must have the same depth')
     p.add_argument('--torchvision', action='store_true',
-                   help='SRC has bare keys (conv1.*, layer1.0.*, fc.*), as '
-                   'torchvision and backbone-only OpenMMLab files do')
+                   help='SRC has bare keys (conv1.* or stem.*, layer1.0.*, '
+                   'fc.*), as torchvision and backbone-only OpenMMLab files '
+                   '(open-mmlab://resnet50_v1c) do')
     p.add_argument('--type', default='ResNetMoD',
                    choices=['ResNetMoD', 'ResNetV1cMoD', 'ResNetV1dMoD',
                             'ResNetMoD_CIFAR'],
@@ -40,8 +42,8 @@ def parse_args(argv=None):
 
 def convert(args):
     import torch
-    from mmengine.registry import MODELS
     from mmengine.runner import CheckpointLoader
+    from mmpretrain.registry import MODELS  # DST is an mmpretrain checkpoint
 
     import mmmod  # noqa: F401  registers the MoD backbones
     from mmmod.models.warm_start import (map_resnet_to_mod,

@@ -1,0 +1,73 @@
+"""Stand-ins for the stock ImageNet checkpoints that configs start from
+(``torchvision://resnet50``, ``open-mmlab://resnet50_v1c``), placed where
+mmengine's CheckpointLoader finds them cached, so that nothing downloads;
+and the 2-process runs of ``tools/dist_train.sh``."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from mmengine.runner.checkpoint import (get_external_models,
+                                        get_torchvision_models)
+from torch.nn.modules.batchnorm import _BatchNorm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stock_url(checkpoint):
+    """The URL that mmengine downloads ``torchvision://NAME`` or
+    ``open-mmlab://NAME`` from."""
+    scheme, name = checkpoint.split('://')
+    urls = (get_torchvision_models()
+            if scheme == 'torchvision' else get_external_models())
+    return urls[name]
+
+
+def stand_in_state(model):
+    """The weights of ``model`` (a stock ResNet) made unlike any init: the
+    norms' affine weights nudged and their statistics those of one batch of
+    noise, so that frozen-BN models still see activations of a sane
+    scale."""
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            with torch.no_grad():
+                m.weight.add_(torch.rand_like(m.weight), alpha=0.1)
+                m.bias.uniform_(-0.1, 0.1)
+            m.reset_running_stats()
+            m.momentum = None  # running stats = this batch's stats
+    model.train()  # (some stock backbones' train() returns None)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def place_stock_checkpoint(torch_home, checkpoint, state):
+    """Save ``state`` as the cached download of ``checkpoint`` under
+    ``torch_home`` (``$TORCH_HOME/hub/checkpoints/<file name of the URL>``),
+    in the bare layout of the real file. Returns its path."""
+    path = (Path(torch_home) / 'hub' / 'checkpoints' /
+            stock_url(checkpoint).rsplit('/', 1)[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_dist_train(args, cwd, **env):
+    """``tools/dist_train.sh ARGS`` with 2 CPU processes; returns
+    ``(exit status, output)``."""
+    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable,
+               **env)
+    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
+    out = subprocess.run(
+        ['bash', str(ROOT / 'tools' / 'dist_train.sh'), args[0], '2',
+         *args[1:]],
+        capture_output=True, text=True, timeout=800, env=env, cwd=cwd)
+    return out.returncode, out.stdout + out.stderr
