@@ -1,7 +1,10 @@
 """Faster R-CNN ResNet50-MoD + FPN on Pascal VOC
 (configs/faster_rcnn/faster-rcnn_r50mod_fpn_1x_voc0712.py): the stock mmdet
 recipe, the hand-off from our ImageNet classifier, and the tools training and
-testing it on a tiny VOC07+12 in VOCdevkit's layout."""
+testing it on a tiny VOC07+12 in VOCdevkit's layout; and the config that
+starts from torchvision's ImageNet ResNet50 instead
+(configs/faster_rcnn/faster-rcnn_r50mod-stock-init_fpn_1x_voc0712.py), on a
+stand-in of it."""
 import numpy as np
 import pytest
 import torch
@@ -9,9 +12,16 @@ from conftest import ROOT, save_classifier_checkpoint, tool
 from mmengine.fileio import load
 from mmengine.registry import init_default_scope
 from PIL import Image
+from stock_checkpoints import place_stock_checkpoint, stand_in_state
+
+from mmmod import apis
+from mmmod.layers import MoDBlock
 
 CONFIG = str(ROOT / 'configs' / 'faster_rcnn' /
              'faster-rcnn_r50mod_fpn_1x_voc0712.py')
+STOCK_INIT = str(ROOT / 'configs' / 'faster_rcnn' /
+                 'faster-rcnn_r50mod-stock-init_fpn_1x_voc0712.py')
+STOCK = 'torchvision://resnet50'  # where mmdet's stock Faster R-CNN starts
 IMAGENET = ROOT / 'configs' / 'resnet_mod' / 'resnet50-mod_8xb32_in1k.py'
 # VOC year -> image set -> image ids (VOC's own naming).
 SPLITS = {
@@ -28,8 +38,8 @@ CLASSES = ('dog', 'person', 'car')
 TRAIN = 'train_dataloader.dataset.dataset.datasets'  # Repeat(Concat(07, 12))
 
 
-def load_config(*options):
-    return tool('_common').load_config(CONFIG, options)
+def load_config(*options, config=CONFIG):
+    return apis.load_config(config, options)
 
 
 def backbone_weights(state, prefix='backbone.'):
@@ -68,7 +78,7 @@ def test_config_is_the_stock_voc0712_recipe():
 
 
 def test_default_checkpoint_is_what_the_imagenet_config_writes():
-    imagenet = tool('_common').load_config(str(IMAGENET))
+    imagenet = apis.load_config(str(IMAGENET))
     assert imagenet.model.backbone.type == 'ResNetMoD'  # the 7x7 stem
     init = load_config().model.backbone.init_cfg
     assert init.type == 'Pretrained' and init.prefix == 'backbone.'
@@ -142,11 +152,12 @@ def make_voc(root):
                               boxes)
 
 
-def tiny_run_options(root, ckpt):
+def tiny_run_options(root, ckpt=None):
     """The command-line overrides of the test: data, image size (the stock
-    (1000, 600) would make every image 600 px high), schedule."""
-    options = [
-        f'model.backbone.init_cfg.checkpoint={ckpt}',
+    (1000, 600) would make every image 600 px high), schedule, and the
+    backbone's checkpoint if given."""
+    options = [f'model.backbone.init_cfg.checkpoint={ckpt}'] if ckpt else []
+    options += [
         'train_dataloader.dataset.times=1',
         'train_dataloader.num_workers=0',
         'train_dataloader.persistent_workers=False',
@@ -171,6 +182,7 @@ def tiny_run_options(root, ckpt):
     return options
 
 
+@pytest.mark.e2e
 def test_train_and_test_on_voc0712_layout(tmp_path):
     root = tmp_path / 'VOCdevkit'
     make_voc(root)
@@ -217,6 +229,7 @@ def test_train_and_test_on_voc0712_layout(tmp_path):
 
 def test_missing_data_root_names_the_expected_layout(tmp_path):
     root = tmp_path / 'VOCdevkit'
+    (tmp_path / 'imagenet.pth').touch()  # checked first
     with pytest.raises(FileNotFoundError) as error:
         tool('train').main([
             CONFIG, '--work-dir',
@@ -226,3 +239,75 @@ def test_missing_data_root_names_the_expected_layout(tmp_path):
     message = str(error.value)
     assert f'{TRAIN}.0.data_root: {root} ' in message
     assert 'VOC2007/{Annotations,ImageSets/Main,JPEGImages}/' in message
+
+
+def test_stock_init_config_changes_only_the_backbone_init(tmp_path,
+                                                          monkeypatch):
+    mod = load_config().to_dict()
+    stock = load_config(config=STOCK_INIT).to_dict()
+    assert stock['model']['backbone'].pop('init_cfg') == dict(
+        type='WarmStartFromResNet', checkpoint=STOCK)
+    del mod['model']['backbone']['init_cfg']
+    assert (mod.pop('work_dir'), stock.pop('work_dir')) == (
+        'work_dirs/faster-rcnn_r50mod_fpn_1x_voc0712',
+        'work_dirs/faster-rcnn_r50mod-stock-init_fpn_1x_voc0712')
+    assert stock == mod
+    # the starting point of mmdet's own config
+    from mmengine.hub import get_config
+    stock_cfg = get_config('mmdet::pascal_voc/faster-rcnn_r50_fpn_1x_'
+                           'voc0712.py')
+    assert stock_cfg.model.backbone.init_cfg.checkpoint == STOCK
+
+    # and it is what the message of the MoD config names
+    monkeypatch.chdir(ROOT)
+    missing = tmp_path / 'work_dirs/resnet50-mod_8xb32_in1k/epoch_100.pth'
+    with pytest.raises(FileNotFoundError) as error:
+        apis.check_checkpoints(
+            load_config(f'model.backbone.init_cfg.checkpoint={missing}'))
+    message = str(error.value)
+    assert 'tools/dist_train.sh configs/resnet_mod/resnet50-mod_8xb32_in1k' \
+        '.py 8' in message
+    assert 'python tools/train.py configs/faster_rcnn/faster-rcnn_r50mod-' \
+        'stock-init_fpn_1x_voc0712.py' in message
+
+
+@pytest.mark.e2e
+def test_stock_init_trains_on_voc0712_layout(tmp_path, monkeypatch):
+    """From a stand-in of `torchvision://resnet50` (torchvision's own
+    ResNet50, where mmengine caches it): the stem and the standard blocks
+    take its weights (those the recipe freezes keep them through training),
+    the MoD blocks start fresh."""
+    import torchvision
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    stock = stand_in_state(torchvision.models.resnet50())
+    place_stock_checkpoint(tmp_path / 'torch', STOCK, stock)
+    root = tmp_path / 'VOCdevkit'
+    make_voc(root)
+    work = tmp_path / 'work'
+    runner = tool('train').main([
+        STOCK_INIT, '--work-dir', str(work), '--cfg-options',
+        *tiny_run_options(root)
+    ])
+    assert runner.iter == 1
+    assert np.isfinite(runner.message_hub.get_scalar('train/loss').current())
+    backbone = runner.model.backbone
+    report = backbone.warm_start_report
+    mod = [n for n, m in backbone.named_modules() if isinstance(m, MoDBlock)]
+    assert set(report.new) == {
+        k for k in backbone.state_dict()
+        if k.startswith(tuple(f'{n}.' for n in mod))}
+    assert {f'{n}.conv2.weight' for n in mod} <= set(report.skipped)
+    assert 'fc.weight' in report.skipped
+    trained = backbone_weights(
+        torch.load(work / 'epoch_1.pth', weights_only=False)['state_dict'])
+    assert set(report.mapped) | set(report.new) == set(trained)
+    # frozen_stages=1 and norm_eval: the stem, stage 1 and every BN
+    # statistic are still the stock weights after a training step
+    for name in report.mapped:
+        frozen = name.startswith(('conv1.', 'bn1.', 'layer1.'))
+        if frozen or 'running_' in name:
+            assert torch.equal(trained[name], stock[name]), name
+    assert not torch.equal(trained['layer4.0.conv2.weight'],
+                           stock['layer4.0.conv2.weight'])
+    log = next(work.glob('*/*.log')).read_text()
+    assert report.summary() in log and STOCK in log

@@ -284,9 +284,9 @@ def test_stock_init_config_changes_only_the_backbone_init():
         'work_dirs/fcn_r50mod-stock-init_cityscapes')
     assert stock == mod
     # the starting point of mmseg's own FCN config
-    from mmengine.config import Config
-    assert Config.fromfile('mmseg::fcn/fcn_r50-d8_4xb2-80k_cityscapes-'
-                           '512x1024.py').model.pretrained == STOCK
+    from mmengine.hub import get_config
+    assert get_config('mmseg::fcn/fcn_r50-d8_4xb2-80k_cityscapes-'
+                      '512x1024.py').model.pretrained == STOCK
 
 
 @pytest.fixture

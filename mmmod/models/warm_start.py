@@ -93,7 +93,7 @@ def split_stock_checkpoint(checkpoint: dict) -> Tuple[dict, dict, list]:
     those modules (``conv1.weight``, ``fc.weight``).
     """
     state = checkpoint.get('state_dict', checkpoint)
-    if any(k.startswith('backbone.') for k in state):
+    if is_openmmlab(checkpoint):
         backbone = _strip(state, 'backbone.')
         head = _strip(state, 'head.')
     else:
@@ -103,6 +103,12 @@ def split_stock_checkpoint(checkpoint: dict) -> Tuple[dict, dict, list]:
              if k not in backbone and k not in head
              and not k.startswith(('backbone.', 'head.'))]
     return backbone, head, other
+
+
+def is_openmmlab(checkpoint: dict) -> bool:
+    """A whole OpenMMLab model (``backbone.*`` keys), not a bare backbone."""
+    state = checkpoint.get('state_dict', checkpoint)
+    return any(k.startswith('backbone.') for k in state)
 
 
 def _strip(state: dict, prefix: str) -> dict:
@@ -261,9 +267,12 @@ def map_resnet_to_mod(model: nn.Module, backbone_state: Dict[str, Tensor],
 def warm_start_resnet_mod(model: nn.Module, checkpoint: dict,
                           where: str = 'checkpoint') -> WarmStartReport:
     """Load a stock ResNet checkpoint's backbone weights into ``model``."""
-    backbone, _, _ = split_stock_checkpoint(checkpoint)
+    backbone, head, other = split_stock_checkpoint(checkpoint)
     state, report = map_resnet_to_mod(model, backbone, where)
     model.load_state_dict(state, strict=False)
+    # the classifier (torchvision's fc.*, mmpretrain's head.*) has no place
+    head_prefix = 'head.' if is_openmmlab(checkpoint) else ''
+    report.skipped += [head_prefix + k for k in head] + other
     return report
 
 

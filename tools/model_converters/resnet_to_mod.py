@@ -46,7 +46,7 @@ def convert(args):
     from mmpretrain.registry import MODELS  # DST is an mmpretrain checkpoint
 
     import mmmod  # noqa: F401  registers the MoD backbones
-    from mmmod.models.warm_start import (map_resnet_to_mod,
+    from mmmod.models.warm_start import (is_openmmlab, map_resnet_to_mod,
                                          split_stock_checkpoint)
 
     if not osp.isfile(args.src):
@@ -54,8 +54,7 @@ def convert(args):
     trust_checkpoints()  # OpenMMLab checkpoints hold more than tensors
     ckpt = CheckpointLoader.load_checkpoint(args.src, 'cpu')
     backbone, head, other = split_stock_checkpoint(ckpt)
-    bare = not any(k.startswith('backbone.')
-                   for k in ckpt.get('state_dict', ckpt))
+    bare = not is_openmmlab(ckpt)
     if bare and not args.torchvision:
         raise ValueError(f'{args.src} has bare (torchvision-style) keys, no '
                          'backbone.*: add --torchvision')
