@@ -59,12 +59,10 @@ def check_checkpoints(cfg):
 def missing_checkpoint_message(cfg, key, path):
     """What to do when ``cfg``'s ``key`` names ``path`` and it is not there.
 
-    In a distributed run every process stops here; the first process of
-    each node says it all, the others say where to read it.
+    In a distributed run every process stops here and says it all: the
+    launcher stops the others when the first one fails, maybe before they
+    print.
     """
-    if int(os.environ.get('LOCAL_RANK', 0)) > 0:
-        return (f'{key}: {path} does not exist (the first process says what '
-                'to do)')
     config = cfg.filename or 'the config'
     configs = _configs_dir(config)
     # work_dirs/<config name>/epoch_100.pth is what that config's run writes
