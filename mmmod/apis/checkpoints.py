@@ -18,13 +18,15 @@ from glob import glob
 CHECKPOINT_INITS = ('Pretrained', 'WarmStartFromResNet')
 
 
-def config_checkpoints(cfg):
-    """``(key, path)`` of every checkpoint that a run of ``cfg`` loads: the
-    ``checkpoint`` of a ``Pretrained`` / ``WarmStartFromResNet`` init_cfg
-    and any ``pretrained`` string at any depth of ``cfg.model``, and
-    ``load_from``."""
+def config_checkpoints(cfg, init_weights=True):
+    """``(key, path)`` of every checkpoint that a run of ``cfg`` loads:
+    ``load_from`` and, if the run initialises the weights (training does,
+    testing does not), the ``checkpoint`` of a ``Pretrained`` /
+    ``WarmStartFromResNet`` init_cfg and any ``pretrained`` string at any
+    depth of ``cfg.model``."""
     found = []
-    _find_checkpoints(cfg.get('model'), 'model', found)
+    if init_weights:
+        _find_checkpoints(cfg.get('model'), 'model', found)
     if isinstance(cfg.get('load_from'), str):
         found.append(('load_from', cfg.load_from))
     return found
@@ -45,13 +47,13 @@ def _find_checkpoints(node, key, found):
             _find_checkpoints(value, f'{key}.{i}', found)
 
 
-def check_checkpoints(cfg):
-    """Raise FileNotFoundError if a local checkpoint that ``cfg`` starts
-    from (see :func:`config_checkpoints`) does not exist, with the two ways
-    on (:func:`missing_checkpoint_message`). Checkpoints behind a scheme
-    (``torchvision://``, ``open-mmlab://``, http) are the loader's
+def check_checkpoints(cfg, init_weights=True):
+    """Raise FileNotFoundError if a local checkpoint that a run of ``cfg``
+    loads (see :func:`config_checkpoints`) does not exist, with the two
+    ways on (:func:`missing_checkpoint_message`). Checkpoints behind a
+    scheme (``torchvision://``, ``open-mmlab://``, http) are the loader's
     business."""
-    for key, path in config_checkpoints(cfg):
+    for key, path in config_checkpoints(cfg, init_weights):
         if '://' not in path and not osp.isfile(path):
             raise FileNotFoundError(missing_checkpoint_message(cfg, key, path))
 

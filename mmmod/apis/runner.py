@@ -81,7 +81,7 @@ def _replace_type(node, old, new):
 def build_runner(cfg, loaders):
     """The stock runner for ``cfg``, after checking the data roots of
     ``loaders`` (the dataloaders this run uses)."""
-    check_checkpoints(cfg)
+    check_checkpoints(cfg, init_weights='train_dataloader' in loaders)
     check_data_roots(cfg, loaders)
     trust_checkpoints()
     setup_distributed_without_cuda(cfg)
