@@ -9,8 +9,6 @@ from .train_test import test, train
 
 __all__ = [
     'SCOPES', 'build_model', 'build_runner', 'check_checkpoint_fits',
-    'check_checkpoints',
-    'check_data_roots',
-    'close_distributed', 'load_config', 'model_name',
+    'check_checkpoints', 'check_data_roots', 'close_distributed', 'load_config', 'model_name',
     'setup_distributed_without_cuda', 'test', 'train', 'trust_checkpoints'
 ]
