@@ -54,6 +54,35 @@ def place_stock_checkpoint(torch_home, checkpoint, state):
     return path
 
 
+def check_only_the_init_differs(mod_config, stock_init_config, checkpoint):
+    """``stock_init_config`` is ``mod_config`` with the backbone warm-started
+    from ``checkpoint`` (and its own work dir): nothing else changes."""
+    from mmmod.apis import load_config
+    mod = load_config(mod_config).to_dict()
+    stock = load_config(stock_init_config).to_dict()
+    assert stock['model']['backbone'].pop('init_cfg') == dict(
+        type='WarmStartFromResNet', checkpoint=checkpoint)
+    del mod['model']['backbone']['init_cfg']
+    for config, cfg in ((mod_config, mod), (stock_init_config, stock)):
+        assert cfg.pop('work_dir') == f'work_dirs/{Path(config).stem}'
+    assert stock == mod
+
+
+def check_mod_blocks_start_fresh(backbone):
+    """The warm-start report of ``backbone``: the keys of its MoD blocks
+    new, the stock blocks they replace skipped, every other key mapped.
+    Returns the names of the MoD blocks."""
+    from mmmod.layers import MoDBlock
+    report = backbone.warm_start_report
+    mod = [n for n, m in backbone.named_modules() if isinstance(m, MoDBlock)]
+    state = backbone.state_dict()
+    new = {k for k in state if k.startswith(tuple(f'{n}.' for n in mod))}
+    assert mod and set(report.new) == new
+    assert set(report.mapped) == set(state) - new
+    assert {f'{n}.conv1.weight' for n in mod} <= set(report.skipped)
+    return mod
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

@@ -12,10 +12,11 @@ from conftest import ROOT, save_classifier_checkpoint, tool
 from mmengine.fileio import load
 from mmengine.registry import init_default_scope
 from PIL import Image
-from stock_checkpoints import place_stock_checkpoint, stand_in_state
+from stock_checkpoints import (check_mod_blocks_start_fresh,
+                               check_only_the_init_differs,
+                               place_stock_checkpoint, stand_in_state)
 
 from mmmod import apis
-from mmmod.layers import MoDBlock
 
 CONFIG = str(ROOT / 'configs' / 'faster_rcnn' /
              'faster-rcnn_r50mod_fpn_1x_voc0712.py')
@@ -243,15 +244,7 @@ def test_missing_data_root_names_the_expected_layout(tmp_path):
 
 def test_stock_init_config_changes_only_the_backbone_init(tmp_path,
                                                           monkeypatch):
-    mod = load_config().to_dict()
-    stock = load_config(config=STOCK_INIT).to_dict()
-    assert stock['model']['backbone'].pop('init_cfg') == dict(
-        type='WarmStartFromResNet', checkpoint=STOCK)
-    del mod['model']['backbone']['init_cfg']
-    assert (mod.pop('work_dir'), stock.pop('work_dir')) == (
-        'work_dirs/faster-rcnn_r50mod_fpn_1x_voc0712',
-        'work_dirs/faster-rcnn_r50mod-stock-init_fpn_1x_voc0712')
-    assert stock == mod
+    check_only_the_init_differs(CONFIG, STOCK_INIT, STOCK)
     # the starting point of mmdet's own config
     from mmengine.hub import get_config
     stock_cfg = get_config('mmdet::pascal_voc/faster-rcnn_r50_fpn_1x_'
@@ -281,22 +274,15 @@ def test_stock_init_trains_on_voc0712_layout(tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     stock = stand_in_state(torchvision.models.resnet50())
     place_stock_checkpoint(tmp_path / 'torch', STOCK, stock)
-    root = tmp_path / 'VOCdevkit'
-    make_voc(root)
+    make_voc(tmp_path / 'VOCdevkit')
+    options = tiny_run_options(tmp_path / 'VOCdevkit')
     work = tmp_path / 'work'
-    runner = tool('train').main([
-        STOCK_INIT, '--work-dir', str(work), '--cfg-options',
-        *tiny_run_options(root)
-    ])
+    runner = tool('train').main(
+        [STOCK_INIT, '--work-dir', str(work), '--cfg-options', *options])
     assert runner.iter == 1
     assert np.isfinite(runner.message_hub.get_scalar('train/loss').current())
-    backbone = runner.model.backbone
-    report = backbone.warm_start_report
-    mod = [n for n, m in backbone.named_modules() if isinstance(m, MoDBlock)]
-    assert set(report.new) == {
-        k for k in backbone.state_dict()
-        if k.startswith(tuple(f'{n}.' for n in mod))}
-    assert {f'{n}.conv2.weight' for n in mod} <= set(report.skipped)
+    check_mod_blocks_start_fresh(runner.model.backbone)
+    report = runner.model.backbone.warm_start_report
     assert 'fc.weight' in report.skipped
     trained = backbone_weights(
         torch.load(work / 'epoch_1.pth', weights_only=False)['state_dict'])

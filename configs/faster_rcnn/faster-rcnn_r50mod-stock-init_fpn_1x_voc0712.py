@@ -8,9 +8,6 @@
 #   tools/dist_train.sh configs/faster_rcnn/faster-rcnn_r50mod-stock-init_fpn_1x_voc0712.py 8
 _base_ = ['./faster-rcnn_r50mod_fpn_1x_voc0712.py']
 
-model = dict(
-    backbone=dict(
-        init_cfg=dict(
-            _delete_=True,
-            type='WarmStartFromResNet',
-            checkpoint='torchvision://resnet50')))
+model = dict(backbone=dict(init_cfg=dict(
+    _delete_=True,  # not Pretrained's keys (prefix)
+    type='WarmStartFromResNet', checkpoint='torchvision://resnet50')))
