@@ -331,3 +331,24 @@ def test_stock_schemes_load_through_init_cfg(scheme, backbone, kind,
         assert torch.all(block.bn2.weight == 0)
     assert report.summary() in log and scheme in log
     assert 'skipped: layer1.1, layer2.1, layer3.1, layer4.1' in log
+
+
+def test_converter_renames_a_deep_stem_into_mmpretrain_layout(tmp_path):
+    """`open-mmlab://resnet50_v1c`'s layout (bare keys, mmseg's stem)
+    converted for an mmpretrain ResNetV1cMoD (``load_from``)."""
+    stock = stock_v1c('mmseg')
+    src, dst = tmp_path / 'v1c.pth', tmp_path / 'mod.pth'
+    torch.save(stock, src)
+    report = convert([str(src), str(dst), '--depth', '18', '--torchvision',
+                      '--type', 'ResNetV1cMoD'])
+    out = torch.load(dst, weights_only=True)['state_dict']
+    stem = [k[len('backbone.'):] for k in out if k.startswith('backbone.stem')]
+    assert len(stem) == sum(k.startswith('stem.') for k in stock)
+    for key in stem:
+        assert torch.equal(out[f'backbone.{key}'],
+                           stock[SEQUENTIAL_STEM[key]]), key
+    model = build_classifier(dict(type='ResNetV1cMoD', depth=18), 1000, 512)
+    missing = set(model.state_dict()) - set(out)
+    assert missing and all(at_mod_position(k) or k.startswith('head.')
+                           for k in missing)
+    assert set(report.new) == {k for k in missing if at_mod_position(k)}
