@@ -352,3 +352,28 @@ def test_converter_renames_a_deep_stem_into_mmpretrain_layout(tmp_path):
     assert missing and all(at_mod_position(k) or k.startswith('head.')
                            for k in missing)
     assert set(report.new) == {k for k in missing if at_mod_position(k)}
+
+
+def test_a_resnet_mod_checkpoint_loads_whole(tmp_path):
+    """The ImageNet ResNet-MoD classifier's own checkpoint through the same
+    init_cfg: its MoD blocks load too (none new); another c is refused."""
+    trained = build_classifier(dict(type='ResNetMoD', depth=18), 1000, 512)
+    state = randomised(trained.state_dict())
+    path = tmp_path / 'mod.pth'
+    torch.save({'state_dict': state}, path)
+    model = build_classifier(
+        dict(type='ResNetMoD', depth=18, init_cfg=dict(
+            type='WarmStartFromResNet', checkpoint=str(path))), 1000, 512)
+    model.init_weights()
+    report = model.backbone.warm_start_report
+    assert report.new == [] and set(report.skipped) == {
+        'head.fc.weight', 'head.fc.bias'}
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, state[f'backbone.{key}']), key
+    other_c = build_classifier(dict(type='ResNetMoD', depth=18, c=32),
+                               1000, 512).backbone
+    with pytest.raises(ValueError, match=r'layer1.1.block.conv1.weight has '
+                       r'shape \(1, 1, 3, 3\).*another c'):
+        map_resnet_to_mod(other_c, {k[len('backbone.'):]: v
+                                    for k, v in state.items()
+                                    if k.startswith('backbone.')})

@@ -4,7 +4,8 @@ A ResNet-MoD backbone keeps the stock ResNet's module names: block
 ``layerS.I`` is a standard block wherever ``I`` is even and takes the stock
 ``layerS.I`` weights, as do the stem and the downsample shortcuts. The odd
 blocks are MoD blocks: the stock weights of those blocks have no place
-(skipped) and the MoD selector and inner block start fresh (new).
+(skipped) and the MoD selector and inner block start fresh (new), unless
+the checkpoint is a ResNet-MoD's own and has them.
 
 Everything is matched against the model's own keys, so one warm start serves
 the MoD backbone of every toolbox. The stock checkpoints name the plain stem
@@ -59,10 +60,10 @@ class WarmStartReport:
     new: List[str] = field(default_factory=list)      # model, start fresh
 
     def summary(self) -> str:
-        return (f'warm start: {len(self.mapped)} keys mapped from the stock '
-                f'ResNet, {len(self.skipped)} stock keys skipped (the blocks '
-                f'that MoD blocks replace), {len(self.new)} new MoD keys '
-                'start fresh')
+        return (f'warm start: {len(self.mapped)} keys mapped from the '
+                f'checkpoint, {len(self.skipped)} of its keys skipped (the '
+                'stock blocks that MoD blocks replace, the classifier), '
+                f'{len(self.new)} new keys start fresh (the MoD blocks)')
 
     def details(self) -> str:
         """The summary, then the modules of each list, one line each."""
@@ -238,24 +239,20 @@ def map_resnet_to_mod(model: nn.Module, backbone_state: Dict[str, Tensor],
     state, missing, used = {}, [], set()
     for key, value in model_state.items():
         src = stock.get(canonical_name(key))
-        if key.startswith(mod_blocks):
-            report.new.append(key)
-        elif src is not None:
+        if src is not None:  # MoD blocks too, from a ResNet-MoD checkpoint
             if backbone_state[src].shape != value.shape:
                 raise ValueError(
                     f'{where}: {src} has shape '
                     f'{tuple(backbone_state[src].shape)}, {name} expects '
-                    f'{tuple(value.shape)} for {key} (another width, or '
-                    'the V1d shortcut for the V1c one?)')
+                    f'{tuple(value.shape)} for {key} (another width, '
+                    'another c, or the V1d shortcut for the V1c one?)')
             state[key] = backbone_state[src]
             used.add(src)
             report.mapped.append(key)
-        elif key.endswith('num_batches_tracked'):
-            pass  # absent in old files; counts nothing that matters
-        elif _STOCK_KEY.fullmatch(key):
-            missing.append(key)
-        else:
+        elif key.startswith(mod_blocks) or not _STOCK_KEY.fullmatch(key):
             report.new.append(key)
+        elif not key.endswith('num_batches_tracked'):  # absent in old files
+            missing.append(key)
     if missing:
         raise ValueError(f'{where} has no weights for {len(missing)} keys '
                          f'that a stock ResNet has and {name} takes from '
@@ -282,8 +279,8 @@ class WarmStartFromResNet:
 
     Everything starts as in a scratch ResNet-MoD (the stock ResNet's default
     init, ``zero_init_residual`` on the MoD blocks' inner blocks), then the
-    stem, the standard blocks and the shortcuts load the stock weights. The
-    report (mapped / skipped / new keys) is logged and kept as the
+    stem, the standard blocks and the shortcuts load the stock weights (and
+    the MoD blocks theirs, from a ResNet-MoD checkpoint). The report (mapped / skipped / new keys) is logged and kept as the
     backbone's ``warm_start_report``. A checkpoint whose stem or stages do
     not match the backbone's is refused, naming both.
 
@@ -317,9 +314,6 @@ class WarmStartFromResNet:
                             'ResNet-MoD backbone (ResNetMoD, ResNetV1cMoD, '
                             f'...), not {type(module).__name__}')
         initialize(module, copy.deepcopy(self.stock_init))
-        ckpt = CheckpointLoader.load_checkpoint(self.checkpoint,
-                                                self.map_location)
-        report = warm_start_resnet_mod(module, ckpt, self.checkpoint)
         if getattr(module, 'zero_init_residual', False):
             for m in module.modules():
                 if isinstance(m, MoDBlock):
@@ -329,6 +323,9 @@ class WarmStartFromResNet:
             # standard blocks (mmseg's and mmdet's do it in their default
             # init_cfg, which this one replaces).
             module.zero_init_residual = False
+        ckpt = CheckpointLoader.load_checkpoint(self.checkpoint,
+                                                self.map_location)
+        report = warm_start_resnet_mod(module, ckpt, self.checkpoint)
         module.warm_start_report = report
         print_log(f'{report.details()}\n  from {self.checkpoint}',
                   logger='current')
