@@ -44,7 +44,7 @@ _BLOCK = re.compile(r'layer(\d+)\.(\d+)\.')
 # stem, the blocks' convJ / normJ, the shortcut); any other key of a model
 # (DCN offsets, plugins) is an addition that starts fresh, as in mmdet.
 _STOCK_KEY = re.compile(
-    r'((conv1|bn1|stem\.\d+(\.\w+)?)|'
+    r'(([a-z]+1|stem\.\d+(\.\w+)?)|'  # conv1, bn1 / gn1, or deep
     r'layer\d+\.\d+\.([a-z]+\d|downsample\.\d+))'
     r'\.(weight|bias|running_mean|running_var|num_batches_tracked)')
 # Deep-stem layouts (see the module docstring), to one name per parameter.
@@ -55,8 +55,8 @@ _STEM_CONVMODULE = re.compile(r'stem\.(\d+)\.(\w+)\.(\w+)')
 @dataclass
 class WarmStartReport:
     """Key names, relative to the backbone, of what a warm start did."""
-    mapped: List[str] = field(default_factory=list)   # stock -> model
-    skipped: List[str] = field(default_factory=list)  # stock, no place
+    mapped: List[str] = field(default_factory=list)   # checkpoint -> model
+    skipped: List[str] = field(default_factory=list)  # checkpoint, no place
     new: List[str] = field(default_factory=list)      # model, start fresh
 
     def summary(self) -> str:
