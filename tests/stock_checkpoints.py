@@ -98,5 +98,5 @@ def run_dist_train(args, cwd, **env):
     out = subprocess.run(
         ['bash', str(ROOT / 'tools' / 'dist_train.sh'), args[0], '2',
          *args[1:]],
-        capture_output=True, text=True, timeout=800, env=env, cwd=cwd)
+        capture_output=True, text=True, timeout=500, env=env, cwd=cwd)
     return out.returncode, out.stdout + out.stderr
