@@ -53,25 +53,15 @@ def tool(name):
 
 def save_classifier_checkpoint(config, path):
     """Build the mmpretrain classifier of ``config`` and save it as the
-    runner does: a stand-in for its ImageNet training. BN layers get their
-    affine weights nudged (so that no downstream initialisation matches them
-    by chance) and the statistics of one batch of noise (so that a model
-    with frozen BN, as mmdet's, sees activations of a sane scale). Returns
-    the state dict."""
+    runner does: a stand-in for its ImageNet training, with weights unlike
+    any init (:func:`stock_checkpoints.stand_in_state` on its backbone).
+    Returns the state dict."""
     from mmengine.config import Config
     from mmengine.runner.checkpoint import save_checkpoint
     from mmpretrain.registry import MODELS
-    from torch.nn.modules.batchnorm import _BatchNorm
+    from stock_checkpoints import stand_in_state
     model = MODELS.build(Config.fromfile(str(config)).model)
-    for m in model.modules():
-        if isinstance(m, _BatchNorm):
-            with torch.no_grad():
-                m.weight.add_(torch.rand_like(m.weight), alpha=0.1)
-                m.bias.uniform_(-0.1, 0.1)
-            m.reset_running_stats()
-            m.momentum = None  # running stats = this batch's stats
-    with torch.no_grad():
-        model.train().backbone(torch.randn(2, 3, 64, 64))
+    stand_in_state(model.backbone)
     state = model.state_dict()
     save_checkpoint({'meta': {}, 'state_dict': state}, str(path))
     return state

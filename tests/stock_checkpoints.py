@@ -89,14 +89,21 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_dist_train(args, cwd, **env):
-    """``tools/dist_train.sh ARGS`` with 2 CPU processes; returns
-    ``(exit status, output)``."""
+def run_dist(script, args, cwd, **env):
+    """``tools/SCRIPT ARGS`` (``dist_train.sh`` or ``dist_test.sh``, whose
+    ARGS hold the process count) as CPU processes; returns ``(exit status,
+    output)``. Without torch's weights-only override: the tools must set
+    what they need."""
     env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable,
                **env)
     env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
-    out = subprocess.run(
-        ['bash', str(ROOT / 'tools' / 'dist_train.sh'), args[0], '2',
-         *args[1:]],
-        capture_output=True, text=True, timeout=500, env=env, cwd=cwd)
+    out = subprocess.run(['bash', str(ROOT / 'tools' / script), *args],
+                         capture_output=True, text=True, timeout=500,
+                         env=env, cwd=cwd)
     return out.returncode, out.stdout + out.stderr
+
+
+def run_dist_train(args, cwd, **env):
+    """``tools/dist_train.sh CONFIG 2 ARGS...`` for ``args = [CONFIG,
+    ARGS...]``: 2 CPU processes."""
+    return run_dist('dist_train.sh', [args[0], '2', *args[1:]], cwd, **env)

@@ -5,13 +5,11 @@ import json
 import os
 import os.path as osp
 import pickle
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+import stock_checkpoints
 from conftest import tool
 from mmengine.config import Config
 from PIL import Image
@@ -149,21 +147,10 @@ def test_checkpoint_of_another_model_is_refused(imagenet, tmp_path):
     assert test_tool.main([CONFIG, str(ckpt)] + opts)['accuracy/top1'] >= 0
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def run_dist(script, args, tmp_path):
     """tools/SCRIPT with 2 CPU processes; returns its log."""
-    env = dict(os.environ, PORT=str(free_port()), PYTHON=sys.executable)
-    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
-    out = subprocess.run(['bash', osp.join(ROOT, 'tools', script)] + args,
-                         capture_output=True, text=True, timeout=600,
-                         env=env, cwd=tmp_path)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-5000:]
+    code, log = stock_checkpoints.run_dist(script, args, tmp_path)
+    assert code == 0, log[-5000:]
     return log
 
 
