@@ -340,10 +340,12 @@ def _ms(stats):
 def describe(result: dict) -> str:
     """One line: the machine and the run's settings."""
     m = result['meta']
-    train = (f"training steps at batch {', '.join(map(str, m['train_batch_sizes']))} "
-             f"({m['train_repeats']} steps) in "
-             + ', '.join(x for x in m['modes'] if MODES[x].trains)
-             if m['train_repeats'] else 'no training steps')
+    training = [x for x in m['modes'] if MODES[x].trains]
+    train = 'no training steps'
+    if m['train_repeats'] and m['train_batch_sizes'] and training:
+        batches = ', '.join(map(str, m['train_batch_sizes']))
+        train = (f"training steps at batch {batches} ({m['train_repeats']} "
+                 f"steps) in {', '.join(training)}")
     return (f"{m['machine']}; input 3x{m['input_shape'][1]}x"
             f"{m['input_shape'][2]}"
             + (', channels-last' if m['channels_last'] else '')
@@ -376,6 +378,6 @@ def model_names(configs: Sequence[str]) -> list:
     names = [model_name(c) for c in configs]
     for name in names:
         if names.count(name) > 1:
-            raise ValueError(f'two configs name the model {name!r}: '
-                             f'{[c for c in configs if model_name(c) == name]}')
+            same = [c for c in configs if model_name(c) == name]
+            raise ValueError(f'two configs name the model {name!r}: {same}')
     return names
