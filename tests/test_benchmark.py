@@ -154,6 +154,8 @@ def test_fastest_mode_table():
     (['--batch-sizes', '1', '--train-batch-sizes', '8'],
      r'--train-batch-sizes \[8\] must be among --batch-sizes \[1\]'),
     (['--repeats', '0'], '--repeats must be >= 1'),
+    (['--warmup', '0'], '--warmup must be >= 1'),
+    (['--train-repeats', '-1'], '--train-repeats must be >= 0'),
     (['--input-size', '1', '2', '3'], '--input-size takes S or H W'),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
@@ -232,7 +234,7 @@ def test_tool_in_eager_and_onnxruntime(tmp_path, capsys):
     benchmark_tool.main([
         BASELINE, MOD, *TINY, '--modes', 'eager', 'onnxruntime',
         '--batch-sizes', '1', '2', '--train-batch-sizes', '2',
-        '--train-repeats', '1', '--train-warmup', '0', '--out',
+        '--train-repeats', '1', '--train-warmup', '1', '--out',
         str(out)
     ])
     raw = _check_run(out, ['eager', 'onnxruntime'], [1, 2], ['eager'])
@@ -301,7 +303,7 @@ def test_tool_in_the_compile_modes(tmp_path):
     benchmark_tool.main([
         BASELINE, MOD, *TINY, '--modes', 'compile', 'compile-freeze',
         '--batch-sizes', '2', '--train-batch-sizes', '2', '--train-repeats',
-        '1', '--train-warmup', '0', '--out',
+        '1', '--train-warmup', '1', '--out',
         str(out)
     ])
     _check_run(out, ['compile', 'compile-freeze'], [2], ['compile'])
@@ -318,7 +320,7 @@ def test_tool_in_the_cuda_modes(tmp_path):
     benchmark_tool.main([
         BASELINE, MOD, *TINY, '--modes', 'cuda-eager', 'cuda-compile',
         'cuda-graphs', '--batch-sizes', '1', '2', '--train-batch-sizes', '2',
-        '--train-repeats', '1', '--train-warmup', '0', '--out',
+        '--train-repeats', '1', '--train-warmup', '1', '--out',
         str(out)
     ])
     _check_run(out, ['cuda-eager', 'cuda-compile', 'cuda-graphs'], [1, 2],

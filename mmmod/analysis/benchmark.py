@@ -11,7 +11,7 @@ its bound (its speed-up over the bound's) and the paper's speed-ups.
 import copy
 import os.path as osp
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
@@ -115,116 +115,124 @@ def check_batch_sizes(batch_sizes: Sequence[int],
     return batch_sizes
 
 
-def check_plan(modes, batch_sizes, train_batch_sizes, warmup, repeats,
-               train_warmup, train_repeats) -> tuple:
-    """``(modes, batch_sizes, train_batch_sizes)`` as lists, checked
-    (ValueError naming the argument otherwise)."""
-    modes = check_modes(modes)
-    batch_sizes = check_batch_sizes(batch_sizes)
-    train_batch_sizes = check_batch_sizes(train_batch_sizes,
-                                          '--train-batch-sizes')
-    if not set(train_batch_sizes) <= set(batch_sizes):
-        raise ValueError(f'--train-batch-sizes {train_batch_sizes} must be '
-                         f'among --batch-sizes {batch_sizes}')
-    if repeats < 1:
-        raise ValueError(f'--repeats must be >= 1, got {repeats}')
-    counts = dict(warmup=warmup, train_warmup=train_warmup,
-                  train_repeats=train_repeats)
-    for key, value in counts.items():
-        if value < 0:
-            raise ValueError(f'--{key.replace("_", "-")} must be >= 0, got '
-                             f'{value}')
-    return modes, batch_sizes, train_batch_sizes
+@dataclass
+class Plan:
+    """What to time: modes, batch sizes, input and rounds. Checked when
+    made: a bad value is a ValueError naming the option.
+
+    Warm-up rounds are at least 1: the first call of a model compiles it
+    (compile modes), captures its CUDA graph or creates its optimizer state,
+    and must not be timed."""
+    modes: Sequence[str] = CPU_MODES
+    batch_sizes: Sequence[int] = (1, 8)
+    input_shape: Sequence[int] = (3, 224, 224)
+    warmup: int = 10
+    repeats: int = 50
+    train_batch_sizes: Sequence[int] = (8, )
+    train_warmup: int = 2
+    train_repeats: int = 10
+    channels_last: bool = False
+    opset: int = 18
+
+    def __post_init__(self):
+        self.modes = check_modes(self.modes)
+        self.batch_sizes = check_batch_sizes(self.batch_sizes)
+        self.train_batch_sizes = check_batch_sizes(self.train_batch_sizes,
+                                                   '--train-batch-sizes')
+        if not set(self.train_batch_sizes) <= set(self.batch_sizes):
+            raise ValueError(f'--train-batch-sizes {self.train_batch_sizes} '
+                             f'must be among --batch-sizes {self.batch_sizes}')
+        self.input_shape = list(self.input_shape)
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise ValueError('input_shape must be (channels, height, width), '
+                             f'positive, got {self.input_shape}')
+        least = dict(warmup=1, repeats=1, train_warmup=1, train_repeats=0)
+        for key, low in least.items():
+            if getattr(self, key) < low:
+                raise ValueError(f'--{key.replace("_", "-")} must be >= '
+                                 f'{low}, got {getattr(self, key)}')
+
+    @property
+    def memory_format(self):
+        return (torch.channels_last
+                if self.channels_last else torch.contiguous_format)
+
+    def trains(self, mode: str, batch: int) -> bool:
+        return bool(MODES[mode].trains and self.train_repeats
+                    and batch in self.train_batch_sizes)
 
 
 def benchmark(models: Dict[str, nn.Module],
-              modes: Sequence[str] = CPU_MODES,
-              batch_sizes: Sequence[int] = (1, 8),
-              input_shape=(3, 224, 224),
-              warmup: int = 10,
-              repeats: int = 50,
-              train_batch_sizes: Sequence[int] = (8, ),
-              train_warmup: int = 2,
-              train_repeats: int = 10,
-              channels_last: bool = False,
-              opset: int = 18,
+              plan: Optional[Plan] = None,
               log: Callable[[str], None] = print) -> dict:
-    """Time ``{name: model}`` (tensor-in modules; the first is the
-    baseline) in each mode at each batch size.
+    """Time ``{name: model}`` (tensor-in modules, the first the baseline;
+    they are set to eval mode and ``plan``'s memory format) in each mode of
+    ``plan`` at each batch size.
 
     Each MoD model gets its skip bound, ``name + SKIP``. Inference is timed
     at every batch size; the training step (forward, backward, SGD) in the
-    modes that train, at ``train_batch_sizes`` (a subset of
-    ``batch_sizes``), on copies of the models. Returns ``dict(meta=,
-    models={name: dict(params=, gmacs=, bound=)}, timings={mode: {batch:
-    {name: dict(latency=, train=)}}}, warnings=[...])``, times in ms.
+    modes that train, at ``plan.train_batch_sizes``, on copies of the
+    models. Returns ``dict(meta=, models={name: dict(params=, gmacs=,
+    bound=)}, timings={mode: {batch: {name: dict(latency=, train=)}}},
+    warnings=[...])``, times in ms.
     """
-    modes, batch_sizes, train_batch_sizes = check_plan(
-        modes, batch_sizes, train_batch_sizes, warmup, repeats, train_warmup,
-        train_repeats)
+    plan = plan or Plan()
     if not models:
         raise ValueError('no models to time')
     models = with_skip_bounds(models)
-    baseline = next(iter(models))
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     info = {
         name: dict(
             params=count_params(m) / 1e6,
-            gmacs=count_macs(m, input_shape) / 1e9,
+            gmacs=count_macs(m, plan.input_shape) / 1e9,
             bound=name + SKIP if name + SKIP in models else None)
         for name, m in models.items()
     }
-    timings, warnings = {}, []
-    for mode_name in modes:
-        mode = MODES[mode_name]
-        on_device = {
-            name: _to(m, mode.device, fmt) for name, m in models.items()
-        }
-        runners = ({name: mode.make(m) for name, m in on_device.items()}
-                   if mode.make else on_device)
-        timings[mode_name] = {}
-        for batch in batch_sizes:
-            log(f'{mode_name}, batch {batch}: timing inference of '
-                f'{len(models)} models, {repeats} rounds')
-            x = torch.randn(batch, *input_shape,
-                            device=mode.device).to(memory_format=fmt)
-            with torch.no_grad():
-                if mode.make:
-                    steps = {
-                        name: (lambda r=r: r(x)) for name, r in runners.items()
-                    }
-                else:
-                    steps = _onnxruntime_steps(on_device, x, opset)
-                lat = time_interleaved(steps, warmup, repeats, mode.device)
-            row = {name: dict(latency=s) for name, s in lat.items()}
-            _warn(warnings, mode_name, batch, 'inference', lat, log)
-            if mode.trains and train_repeats and batch in train_batch_sizes:
-                log(f'{mode_name}, batch {batch}: timing training steps')
-                # copies: the SGD steps must not move the timed weights
-                train = measure_train_throughput(
-                    {
-                        name: mode.make(copy.deepcopy(m))
-                        for name, m in on_device.items()
-                    }, input_shape, batch, train_warmup, train_repeats,
-                    channels_last, mode.device)
-                for name, s in train.items():
-                    row[name]['train'] = s
-                _warn(warnings, mode_name, batch, 'training', train, log)
-            timings[mode_name][batch] = row
+    warnings = []
+    timings = {
+        mode: _time_mode(mode, models, plan, warnings, log)
+        for mode in plan.modes
+    }
     meta = dict(
-        machine=describe_machine(),
-        baseline=baseline,
-        modes=modes,
-        batch_sizes=batch_sizes,
-        train_batch_sizes=train_batch_sizes,
-        input_shape=list(input_shape),
-        channels_last=channels_last,
-        warmup=warmup,
-        repeats=repeats,
-        train_warmup=train_warmup,
-        train_repeats=train_repeats,
-        opset=opset)
+        machine=describe_machine(), baseline=next(iter(models)),
+        **asdict(plan))
     return dict(meta=meta, models=info, timings=timings, warnings=warnings)
+
+
+def _time_mode(mode_name, models, plan, warnings, log):
+    """``{batch: {name: dict(latency=, train=)}}`` of one mode."""
+    mode = MODES[mode_name]
+    on_device = {name: _to(m, mode.device, plan) for name, m in models.items()}
+    # compiled once per model; inductor specialises a graph per batch size
+    runners = {name: mode.make(m) for name, m in on_device.items()
+               } if mode.make else None
+    out = {}
+    for batch in plan.batch_sizes:
+        log(f'{mode_name}, batch {batch}: timing inference of '
+            f'{len(models)} models, {plan.repeats} rounds')
+        x = torch.randn(batch, *plan.input_shape, device=mode.device).to(
+            memory_format=plan.memory_format)
+        with torch.no_grad():
+            if runners:
+                steps = {name: (lambda r=r: r(x)) for name, r in runners.items()}
+            else:
+                steps = _onnxruntime_steps(on_device, x, plan.opset)
+            stats = time_interleaved(steps, plan.warmup, plan.repeats,
+                                     mode.device)
+        _warn(warnings, f'{mode_name}, batch {batch}, inference', stats, log)
+        out[batch] = {name: dict(latency=s) for name, s in stats.items()}
+        if plan.trains(mode_name, batch):
+            log(f'{mode_name}, batch {batch}: timing training steps')
+            # copies: the SGD steps must not move the weights timed above
+            stats = measure_train_throughput(
+                {name: mode.make(copy.deepcopy(m))
+                 for name, m in on_device.items()}, plan.input_shape, batch,
+                plan.train_warmup, plan.train_repeats, plan.channels_last,
+                mode.device)
+            _warn(warnings, f'{mode_name}, batch {batch}, training', stats,
+                  log)
+            for name, s in stats.items():
+                out[batch][name]['train'] = s
+    return out
 
 
 def with_skip_bounds(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
@@ -237,10 +245,10 @@ def with_skip_bounds(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
     return out
 
 
-def _to(model, device, fmt):
+def _to(model, device, plan):
     if device != 'cpu':  # the CPU modes keep using the CPU copy
         model = copy.deepcopy(model)
-    return model.to(device=device, memory_format=fmt).eval()
+    return model.to(device=device, memory_format=plan.memory_format).eval()
 
 
 def _onnxruntime_steps(models, x, opset):
@@ -265,12 +273,11 @@ def session_step(sess, x: torch.Tensor) -> Callable[[], list]:
     return lambda: sess.run(None, feed)
 
 
-def _warn(warnings, mode, batch, what, stats, log):
+def _warn(warnings, where, stats, log):
     text = spread_warning(stats)
     if text:
-        text = f'{mode}, batch {batch}, {what}: {text}'
-        warnings.append(text)
-        log(text)
+        warnings.append(f'{where}: {text}')
+        log(warnings[-1])
 
 
 # --- tables -----------------------------------------------------------------

@@ -49,11 +49,12 @@ def parse_args(argv=None):
                    help="time the configs' backbones alone (needed for "
                    'mmseg and mmdet configs)')
     p.add_argument('--warmup', type=int, default=10,
-                   help='untimed inference rounds first (default 10)')
+                   help='untimed inference rounds first, >= 1: the first '
+                   'compiles (default 10)')
     p.add_argument('--repeats', type=int, default=50,
                    help='timed inference rounds (default 50)')
     p.add_argument('--train-warmup', type=int, default=2,
-                   help='untimed training steps first (default 2)')
+                   help='untimed training steps first, >= 1 (default 2)')
     p.add_argument('--train-repeats', type=int, default=10,
                    help='timed training steps; 0: no training (default 10)')
     p.add_argument('--opset', type=int, default=18,
@@ -70,9 +71,17 @@ def parse_args(argv=None):
     if args.threads is not None and args.threads < 1:
         p.error(f'--threads must be >= 1, got {args.threads}')
     try:
-        bench.check_plan(args.modes, args.batch_sizes, args.train_batch_sizes,
-                         args.warmup, args.repeats, args.train_warmup,
-                         args.train_repeats)
+        args.plan = bench.Plan(
+            modes=args.modes,
+            batch_sizes=args.batch_sizes,
+            input_shape=(3, *args.input_size),
+            warmup=args.warmup,
+            repeats=args.repeats,
+            train_batch_sizes=args.train_batch_sizes,
+            train_warmup=args.train_warmup,
+            train_repeats=args.train_repeats,
+            channels_last=args.channels_last,
+            opset=args.opset)
         bench.model_names(args.configs)
     except ValueError as e:
         p.error(str(e))
@@ -101,18 +110,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     result = bench.benchmark(
-        build_models(args),
-        modes=args.modes,
-        batch_sizes=args.batch_sizes,
-        input_shape=(3, *args.input_size),
-        warmup=args.warmup,
-        repeats=args.repeats,
-        train_batch_sizes=args.train_batch_sizes,
-        train_warmup=args.train_warmup,
-        train_repeats=args.train_repeats,
-        channels_last=args.channels_last,
-        opset=args.opset,
-        log=lambda line: print(line, flush=True))
+        build_models(args), args.plan, log=lambda s: print(s, flush=True))
     result['meta'].update(
         configs=args.configs,
         flags=[f for f in ('fuse_conv_bn', 'backbone') if getattr(args, f)])
