@@ -307,9 +307,32 @@ def test_tool_in_the_compile_modes(tmp_path):
         str(out)
     ])
     _check_run(out, ['compile', 'compile-freeze'], [2], ['compile'])
-    # the compile modes compiled: 3 models x (inference, frozen inference)
-    # plus the training graphs
-    assert counters['stats']['unique_graphs'] >= 6
+    # both modes compiled, each its own graphs: 3 models x (inference,
+    # training, frozen inference)
+    assert counters['stats']['unique_graphs'] >= 9
+    # freezing was an option of its compile, not a process-wide setting
+    assert torch._inductor.config.freezing is False
+
+
+@pytest.mark.slow
+def test_compile_mode_compiles_every_model_at_every_batch_size():
+    """More graphs than dynamo's default limit of 8 per code object (these
+    models share Sequential.forward): none may silently run eager."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    models = {
+        f'net{c}': torch.nn.Sequential(torch.nn.Conv2d(3, c, 3),
+                                       torch.nn.ReLU())
+        for c in range(1, 6)
+    }
+    plan = bench.Plan(modes=['compile'], batch_sizes=[1, 2, 3],
+                      input_shape=(3, 8, 8), warmup=1, repeats=1,
+                      train_repeats=0)
+    result = bench.benchmark(models, plan, log=lambda line: None)
+    assert list(result['timings']['compile']) == [1, 2, 3]
+    assert counters['stats']['unique_graphs'] == 5 * 3
 
 
 @pytest.mark.cuda

@@ -128,7 +128,7 @@ class Plan:
     input_shape: Sequence[int] = (3, 224, 224)
     warmup: int = 10
     repeats: int = 50
-    train_batch_sizes: Sequence[int] = (8, )
+    train_batch_sizes: Optional[Sequence[int]] = None  # the largest batch
     train_warmup: int = 2
     train_repeats: int = 10
     channels_last: bool = False
@@ -137,6 +137,8 @@ class Plan:
     def __post_init__(self):
         self.modes = check_modes(self.modes)
         self.batch_sizes = check_batch_sizes(self.batch_sizes)
+        if self.train_batch_sizes is None:
+            self.train_batch_sizes = [max(self.batch_sizes)]
         self.train_batch_sizes = check_batch_sizes(self.train_batch_sizes,
                                                    '--train-batch-sizes')
         if not set(self.train_batch_sizes) <= set(self.batch_sizes):
@@ -200,6 +202,19 @@ def benchmark(models: Dict[str, nn.Module],
 
 def _time_mode(mode_name, models, plan, warnings, log):
     """``{batch: {name: dict(latency=, train=)}}`` of one mode."""
+    # All models share their forward methods' code, on which dynamo keeps
+    # its compiled graphs: one per model, batch size and train/eval, beyond
+    # its default limit of 8, past which it would silently run eager. So:
+    # its default allowance for each graph needed, and an error, not eager,
+    # if that is exceeded.
+    graphs = len(models) * (len(plan.batch_sizes) +
+                            len(plan.train_batch_sizes))
+    with torch._dynamo.config.patch(
+            recompile_limit=8 * graphs, fail_on_recompile_limit_hit=True):
+        return _time_mode_in(mode_name, models, plan, warnings, log)
+
+
+def _time_mode_in(mode_name, models, plan, warnings, log):
     mode = MODES[mode_name]
     on_device = {name: _to(m, mode.device, plan) for name, m in models.items()}
     # compiled once per model; inductor specialises a graph per batch size

@@ -32,10 +32,11 @@ def parse_args(argv=None):
                    '(default: the CPU modes, and the CUDA ones with a GPU)')
     p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8],
                    metavar='N', help='inference batch sizes (default 1 8)')
-    p.add_argument('--train-batch-sizes', type=int, nargs='*', default=[8],
-                   metavar='N', help='batch sizes, among --batch-sizes, of '
-                   'the training steps of the modes that train (eager and '
-                   'compile, on CPU and GPU); none: no training (default 8)')
+    p.add_argument('--train-batch-sizes', type=int, nargs='*', metavar='N',
+                   help='batch sizes, among --batch-sizes, of the training '
+                   'steps of the modes that train (eager and compile, on CPU '
+                   'and GPU); none: no training (default: the largest '
+                   '--batch-sizes)')
     p.add_argument('--input-size', type=int, nargs='+', default=[224],
                    help='S (square) or H W (default 224)')
     p.add_argument('--threads', type=int,
