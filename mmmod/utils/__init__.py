@@ -1,5 +1,8 @@
-from .benchmark import measure_latency
+from .benchmark import measure_latency, spread_warning, time_interleaved
 from .complexity import count_macs, count_params
 from .table import format_table
 
-__all__ = ['count_macs', 'count_params', 'format_table', 'measure_latency']
+__all__ = [
+    'count_macs', 'count_params', 'format_table', 'measure_latency',
+    'spread_warning', 'time_interleaved'
+]

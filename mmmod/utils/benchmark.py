@@ -1,12 +1,22 @@
 """Side-by-side timing: models are timed interleaved in one process, so
-that the machine's load drifts over all of them alike."""
+that the machine's load drifts over all of them alike; and the check that
+says when the load drifted too much for the numbers to mean anything."""
 import copy
+import datetime
+import platform
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
+
+# A timing is unreliable when its interquartile range exceeds this share of
+# its median. On a quiet machine the quartiles of a forward pass lie within a
+# few per cent of the median; a spread of a quarter means other work took
+# the cores for much of the run (issue 12: the demo once printed quartiles
+# [25, 98] ms around a 30 ms median).
+SPREAD_LIMIT = 0.25
 
 
 @torch.no_grad()
@@ -56,18 +66,6 @@ def measure_train_throughput(models: Dict[str, nn.Module],
     return out
 
 
-def use_plain_path(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose MoD blocks always run their reference
-    implementation (:meth:`~mmmod.layers.MoDBlock.forward_plain`)."""
-    from mmmod.layers import MoDBlock
-
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, MoDBlock):
-            m.forward = m.forward_plain
-    return model
-
-
 def skip_mod_blocks(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every MoD block an ``nn.Identity``: what the
     model would cost if its MoD blocks were free (the speed-up bound)."""
@@ -79,6 +77,12 @@ def skip_mod_blocks(model: nn.Module) -> nn.Module:
             if isinstance(child, MoDBlock):
                 setattr(parent, name, nn.Identity())
     return model
+
+
+def has_mod_blocks(model: nn.Module) -> bool:
+    from mmmod.layers import MoDBlock
+
+    return any(isinstance(m, MoDBlock) for m in model.modules())
 
 
 def _prepare(models, input_shape, batch_size, channels_last, device):
@@ -126,10 +130,58 @@ def time_interleaved(steps: Dict[str, Callable],
                 torch.cuda.synchronize()
             if round_ >= warmup:
                 times[name].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for name, ts in times.items():
-        q = (statistics.quantiles(ts, n=4, method='inclusive')
-             if len(ts) > 1 else ts * 3)
-        out[name] = dict(median=statistics.median(ts), q1=q[0], q3=q[2],
-                         min=min(ts), times=ts)
-    return out
+    return {name: summarise(ts) for name, ts in times.items()}
+
+
+def summarise(times) -> dict:
+    """``dict(median=, q1=, q3=, min=, times=)`` of a list of timings."""
+    times = list(times)
+    q = (statistics.quantiles(times, n=4, method='inclusive')
+         if len(times) > 1 else times * 3)
+    return dict(median=statistics.median(times), q1=q[0], q3=q[2],
+                min=min(times), times=times)
+
+
+def relative_spread(stats: dict) -> float:
+    """Interquartile range over median of a :func:`summarise` entry."""
+    return (stats['q3'] - stats['q1']) / stats['median']
+
+
+def spread_warning(stats: Dict[str, dict],
+                   limit: float = SPREAD_LIMIT) -> Optional[str]:
+    """A warning naming the timings of ``{name: summarise(...)}`` whose
+    quartiles lie further apart than ``limit`` times their median, i.e. the
+    machine was busy while they were taken; None when every timing is
+    steady."""
+    busy = {
+        name: relative_spread(s)
+        for name, s in stats.items() if relative_spread(s) > limit
+    }
+    if not busy:
+        return None
+    listed = ', '.join(f'{name} ({100 * r:.0f} %)' for name, r in busy.items())
+    return (f'WARNING: unsteady timings: the interquartile range of {listed} '
+            f'exceeds {100 * limit:.0f} % of the median. The machine was busy '
+            'while they were measured, so their speed-ups are unreliable: '
+            'rerun on a quiet machine (more rounds also help).')
+
+
+def cpu_name() -> str:
+    """The processor's model name, e.g. 'AMD EPYC 7B13'."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine() -> str:
+    """One line: CPU, threads, GPU, torch version and today's date (UTC)."""
+    gpu = (f'GPU {torch.cuda.get_device_name()}'
+           if torch.cuda.is_available() else 'no GPU')
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    return (f'{cpu_name()}, {torch.get_num_threads()} threads, {gpu}; torch '
+            f'{torch.__version__}; {today}')

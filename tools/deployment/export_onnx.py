@@ -20,8 +20,10 @@ import os.path as osp
 
 import torch
 
-from mmmod.apis import build_model
+from mmmod.analysis.benchmark import model_names, session_step
 from mmmod.deployment import export, max_abs_diff, session
+from mmmod.deployment.tensor_model import build_tensor_model
+from mmmod.utils.benchmark import spread_warning, time_interleaved
 
 
 def parse_args(argv=None):
@@ -59,51 +61,20 @@ def parse_args(argv=None):
     return args
 
 
-class _Tensors(torch.nn.Module):
-    """Tensor in, tensors out: a classifier's scores or a backbone's
-    feature maps."""
-
-    def __init__(self, model, backbone):
-        super().__init__()
-        self.model = model.backbone if backbone else model
-        self.backbone = backbone
-
-    def forward(self, x):
-        if self.backbone:
-            return tuple(self.model(x))
-        return self.model.head(self.model.extract_feat(x))
-
-
-def load(config, args, checkpoint=None):
-    """``(name, model)``: the tensor-in/out model of ``config``, in eval
-    mode."""
-    model, cfg = build_model(config, checkpoint, args.cfg_options)
-    if not args.backbone and cfg.default_scope != 'mmpretrain':
-        raise ValueError(
-            f'{config}: only mmpretrain classifiers export whole; for this '
-            f'{cfg.default_scope} model, export its backbone (--backbone)')
-    model = _Tensors(model, args.backbone)
-    model.eval()
-    name = osp.splitext(osp.basename(config))[0]
-    return name + ('_backbone' if args.backbone else ''), model
-
-
 def main(argv=None):
-    from mmmod.utils.benchmark import time_interleaved
-
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
     torch.manual_seed(0)
     shape = (args.batch_size, 3, *args.input_size)
-    models = dict([load(args.config, args, args.checkpoint)])
-    if args.baseline:
-        name, model = load(args.baseline, args)
-        if name in models:
-            raise ValueError(f'--baseline {args.baseline} is the config '
-                             'itself')
-        models[name] = model
+    configs = [args.config] + ([args.baseline] if args.baseline else [])
+    models = {
+        name + ('_backbone' if args.backbone else ''): build_tensor_model(
+            config, checkpoint, args.cfg_options, args.backbone)
+        for name, config, checkpoint in zip(
+            model_names(configs), configs, [args.checkpoint, None])
+    }
     results, sessions = {}, {}
     for name, model in models.items():
         path = osp.join(args.out_dir, name + '.onnx')
@@ -118,11 +89,8 @@ def main(argv=None):
             raise RuntimeError(f'{name}: ONNX Runtime differs from PyTorch by '
                                f'{diff:.2e} > --atol {args.atol:g}')
     if args.repeats:
-        x = torch.randn(shape).numpy()
-        steps = {
-            name: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x}))
-            for name, s in sessions.items()
-        }
+        x = torch.randn(shape)
+        steps = {name: session_step(s, x) for name, s in sessions.items()}
         timing = time_interleaved(steps, args.warmup, args.repeats)
         names = list(models)  # the config's model, then the baseline
         print(f'ONNX Runtime latency (CPU, {args.threads or "default"} '
@@ -137,6 +105,9 @@ def main(argv=None):
                 results[name]['ort_speedup'] = speedup
                 line += f', {speedup:.2f}x the baseline'
             print(line)
+        warning = spread_warning(timing)
+        if warning:
+            print(warning)
     return results
 
 

@@ -1,0 +1,350 @@
+"""The benchmark: interleaved timing, the skip bound, the spread check, the
+tables' arithmetic and tools/analysis/benchmark.py in every CPU mode. Speed
+itself is measured by the tool, never asserted here."""
+import json
+import re
+
+import pytest
+import torch
+from conftest import tool
+
+from mmmod.analysis import benchmark as bench
+from mmmod.layers import MoDBlock
+from mmmod.models import ResNetMoD_CIFAR
+from mmmod.paper import SPEEDUPS
+from mmmod.utils.benchmark import (SPREAD_LIMIT, measure_latency,
+                                   measure_train_throughput, skip_mod_blocks,
+                                   spread_warning, summarise,
+                                   time_interleaved)
+
+benchmark_tool = tool('analysis/benchmark')
+BASELINE = 'configs/resnet_mod/baselines/resnet18_8xb32_in1k.py'
+R34 = 'configs/resnet_mod/baselines/resnet34_8xb32_in1k.py'
+MOD = 'configs/resnet_mod/resnet18-mod_8xb32_in1k.py'
+TINY = ['--input-size', '32', '--warmup', '1', '--repeats', '2']
+
+
+def test_time_interleaved_rotates_the_order():
+    calls = []
+    steps = {name: (lambda n=name: calls.append(n)) for name in 'abc'}
+    out = time_interleaved(steps, warmup=2, repeats=4)
+    rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert len(rounds) == 6  # warm-up rounds run, untimed
+    assert all(sorted(r) == ['a', 'b', 'c'] for r in rounds)
+    assert [r[0] for r in rounds] == ['a', 'b', 'c', 'a', 'b', 'c']
+    assert [len(s['times']) for s in out.values()] == [4, 4, 4]
+
+
+def test_summarise_quartiles():
+    stats = summarise([5.0, 1.0, 100.0, 3.0, 2.0])
+    assert (stats['median'], stats['q1'], stats['q3'], stats['min']) == (
+        3.0, 2.0, 5.0, 1.0)
+    with pytest.raises(ValueError, match='repeats'):
+        time_interleaved({'a': lambda: None}, repeats=0)
+
+
+def test_skip_bound_and_measurements():
+    model = ResNetMoD_CIFAR(depth=18)
+    skipped = skip_mod_blocks(model)
+    assert not any(isinstance(m, MoDBlock) for m in skipped.modules())
+    assert any(isinstance(m, MoDBlock) for m in model.modules())  # a copy
+    models = {'mod': model, 'skip': skipped}
+    lat = measure_latency(models, (3, 16, 16), warmup=1, repeats=3)
+    before = [p.clone() for p in skipped.parameters()]
+    train = measure_train_throughput(models, (3, 16, 16), batch_size=2,
+                                     warmup=1, repeats=2)
+    assert [len(s['times']) for s in lat.values()] == [3, 3]
+    assert [len(s['times']) for s in train.values()] == [2, 2]
+    assert train['mod']['images_per_s'] == pytest.approx(
+        2e3 / train['mod']['median'])
+    # the training steps did train
+    assert any(not torch.equal(p, q)
+               for p, q in zip(before, skipped.parameters()))
+
+
+# --- the spread check --------------------------------------------------------
+
+
+def test_spread_warning_fires_on_a_busy_machine_only():
+    quiet = summarise([10.0, 10.2, 10.1, 9.9, 10.3, 10.0, 10.4, 10.1])
+    # the demo's busy run (issue 12): quartiles [25, 98] around ~30 ms
+    busy = summarise([24.0, 25.0, 26.0, 30.0, 31.0, 95.0, 98.0, 99.0])
+    assert spread_warning({'resnet18': quiet, 'resnet18-mod': quiet}) is None
+    text = spread_warning({'resnet18': busy, 'resnet18-mod': quiet})
+    assert text and 'resnet18 (' in text and 'resnet18-mod' not in text
+    assert 'rerun' in text and 'busy' in text
+    # the rule is the interquartile range against the median
+    edge = dict(median=100.0, q1=90.0, q3=90.0 + 100 * SPREAD_LIMIT)
+    assert spread_warning({'m': edge}) is None
+    assert spread_warning({'m': dict(edge, q3=edge['q3'] + 0.1)})
+
+
+# --- the tables' arithmetic, on made-up timings ------------------------------
+
+
+def _result(baseline, medians):
+    """A benchmark result with the given median latencies (ms)."""
+    timings = {
+        name: dict(latency=dict(median=ms, q1=ms - 1, q3=ms + 1))
+        for name, ms in medians.items()
+    }
+    models = {
+        name: dict(params=1.0, gmacs=1.0,
+                   bound=name + bench.SKIP
+                   if name + bench.SKIP in medians else None)
+        for name in medians
+    }
+    meta = dict(baseline=baseline, modes=['eager'], batch_sizes=[1])
+    return dict(meta=meta, models=models, timings={'eager': {1: timings}},
+                warnings=[])
+
+
+def _rows(result):
+    return {
+        r[0]: dict(zip(bench.HEADER, r))
+        for r in bench.table(result, 'eager', 1)
+    }
+
+
+def test_table_speedups_share_of_bound_and_paper_columns():
+    rows = _rows(_result('resnet18', {
+        'resnet18': 15.0, 'resnet18-mod': 10.0,
+        'resnet18-mod' + bench.SKIP: 7.5
+    }))
+    assert rows['resnet18']['speed-up'] == '1.00x'
+    assert rows['resnet18-mod']['speed-up'] == '1.50x'
+    assert rows['resnet18-mod' + bench.SKIP]['speed-up'] == '2.00x'
+    assert rows['resnet18-mod']['share of bound'] == '75 %'  # 1.5 / 2.0
+    assert rows['resnet18']['share of bound'] == ''
+    _, cpu, gpu = SPEEDUPS['resnet18-mod']
+    assert rows['resnet18-mod']['paper CPU'] == f'{cpu:.2f}x'
+    assert rows['resnet18-mod']['paper GPU'] == f'{gpu:.2f}x'
+    assert rows['resnet18-mod' + bench.SKIP]['paper CPU'] == ''
+    assert rows['resnet18']['paper CPU'] == ''
+    # against a baseline the paper did not compare with: no paper numbers
+    rows = _rows(_result('resnet34', {'resnet34': 30.0, 'resnet18-mod': 10.0}))
+    assert rows['resnet18-mod']['speed-up'] == '3.00x'
+    assert rows['resnet18-mod']['paper CPU'] == ''
+    assert rows['resnet18-mod']['paper GPU'] == ''
+
+
+def test_fastest_mode_table():
+    result = _result('a', {'a': 4.0, 'b': 2.0})
+    result['meta']['modes'] = ['eager', 'compile']
+    result['timings']['compile'] = {
+        1: {name: dict(latency=dict(median=ms)) for name, ms in
+            dict(a=3.0, b=2.5).items()}
+    }
+    header, rows = bench.fastest_rows(result)
+    assert header == ['model', 'batch', 'eager', 'compile', 'fastest']
+    assert rows == [['a', '1', '4.00', '3.00', 'compile'],
+                    ['b', '1', '2.00', '2.50', 'eager']]
+
+
+# --- bad input ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--modes', 'eager', 'fast'], "--modes: unknown mode.*'fast'.*eager, "
+     'compile, compile-freeze, onnxruntime'),
+    (['--modes', 'eager', 'eager'], '--modes: each mode once'),
+    (['--batch-sizes', '0'], '--batch-sizes must be positive integers'),
+    (['--batch-sizes', '1', '1'], '--batch-sizes: each batch size once'),
+    (['--batch-sizes', 'x'], "--batch-sizes: invalid int value: 'x'"),
+    (['--batch-sizes', '1', '--train-batch-sizes', '8'],
+     r'--train-batch-sizes \[8\] must be among --batch-sizes \[1\]'),
+    (['--repeats', '0'], '--repeats must be >= 1'),
+    (['--warmup', '0'], '--warmup must be >= 1'),
+    (['--train-repeats', '-1'], '--train-repeats must be >= 0'),
+    (['--input-size', '1', '2', '3'], '--input-size takes S or H W'),
+])
+def test_bad_arguments_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        benchmark_tool.parse_args([BASELINE, MOD] + argv)
+    assert any(
+        re.search(message, line)
+        for line in capsys.readouterr().err.splitlines())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='a GPU is here')
+def test_cuda_modes_without_a_gpu_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        benchmark_tool.parse_args([BASELINE, MOD, '--modes', 'cuda-eager'])
+    assert '--modes cuda-eager need a CUDA device' in capsys.readouterr().err
+    assert 'cuda-eager' not in bench.default_modes()
+
+
+def test_two_configs_of_one_name_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        benchmark_tool.parse_args([MOD, MOD])
+    assert "two configs name the model 'resnet18-mod'" in \
+        capsys.readouterr().err
+
+
+# --- the tool, end to end ----------------------------------------------------
+
+
+def _check_run(out, modes, batch_sizes, trains):
+    """Every mode and batch size has the three rows; the Markdown cells are
+    the arithmetic of the JSON timings."""
+    raw = json.loads(out.with_suffix('.json').read_text())
+    text = out.read_text()
+    names = ['resnet18', 'resnet18-mod', 'resnet18-mod' + bench.SKIP]
+    assert list(raw['models']) == names
+    assert raw['models']['resnet18-mod']['bound'] == names[2]
+    assert raw['models']['resnet18']['params'] > \
+        raw['models']['resnet18-mod']['params'] > \
+        raw['models'][names[2]]['params']
+    assert list(raw['timings']) == modes
+    for mode in modes:
+        assert list(raw['timings'][mode]) == [str(b) for b in batch_sizes]
+        for batch in batch_sizes:
+            t = raw['timings'][mode][str(batch)]
+            assert list(t) == names
+            assert all(len(r['latency']['times']) == 2 for r in t.values())
+            assert all(('train' in r) == (mode in trains and batch == 2)
+                       for r in t.values())
+            ms = {n: r['latency']['median'] for n, r in t.items()}
+            section = text.split(f'## {mode}, batch {batch}:')[1]
+            rows = {
+                cells[0]: dict(zip(bench.HEADER, cells))
+                for cells in (line[2:-2].split(' | ')
+                              for line in section.splitlines()[4:7])
+            }
+            mod = rows['resnet18-mod']
+            assert mod['speed-up'] == \
+                f"{ms['resnet18'] / ms['resnet18-mod']:.2f}x"
+            assert rows[names[2]]['speed-up'] == \
+                f"{ms['resnet18'] / ms[names[2]]:.2f}x"
+            assert mod['share of bound'] == \
+                f"{100 * ms[names[2]] / ms['resnet18-mod']:.0f} %"
+            assert (mod['paper CPU'], mod['paper GPU']) == tuple(
+                f'{p:.2f}x' for p in SPEEDUPS['resnet18-mod'][1:])
+            if mode in trains and batch == 2:
+                img_s = {n: r['train']['images_per_s'] for n, r in t.items()}
+                assert mod['train speed-up'] == \
+                    f"{img_s['resnet18-mod'] / img_s['resnet18']:.2f}x"
+    assert '## median ms in every mode' in text
+    return raw
+
+
+@pytest.mark.e2e
+def test_tool_in_eager_and_onnxruntime(tmp_path, capsys):
+    out = tmp_path / 'speed.md'
+    benchmark_tool.main([
+        BASELINE, MOD, *TINY, '--modes', 'eager', 'onnxruntime',
+        '--batch-sizes', '1', '2', '--train-batch-sizes', '2',
+        '--train-repeats', '1', '--train-warmup', '1', '--out',
+        str(out)
+    ])
+    raw = _check_run(out, ['eager', 'onnxruntime'], [1, 2], ['eager'])
+    assert raw['meta']['baseline'] == 'resnet18'
+    stdout = capsys.readouterr().out
+    assert '== onnxruntime, batch 2:' in stdout
+    assert f'{torch.get_num_threads()} threads' in stdout
+
+
+@pytest.mark.e2e
+def test_onnxruntime_mode_runs_the_exported_models():
+    """The ONNX Runtime steps compute what the PyTorch models compute, each
+    its own model (the skip bound is not the MoD model)."""
+    model = ResNetMoD_CIFAR(depth=18, out_indices=(3, ))
+    models = bench.with_skip_bounds({'mod': model})
+    for m in models.values():
+        m.eval()
+    x = torch.randn(2, 3, 32, 32)
+    steps = bench._onnxruntime_steps(models, x, opset=18)
+    assert list(steps) == ['mod', 'mod' + bench.SKIP]
+    with torch.no_grad():
+        refs = {name: m(x)[0] for name, m in models.items()}
+    assert not torch.allclose(refs['mod'], refs['mod' + bench.SKIP])
+    for name, step in steps.items():
+        (out, ) = step()
+        assert torch.allclose(torch.from_numpy(out), refs[name], atol=1e-4)
+
+
+@pytest.mark.e2e
+def test_tool_mismatched_baseline_has_no_paper_columns(tmp_path):
+    out = tmp_path / 'speed.md'
+    result = benchmark_tool.main([
+        R34, MOD, *TINY, '--modes', 'eager', '--batch-sizes', '1',
+        '--train-batch-sizes', '--fuse-conv-bn', '--out',
+        str(out)
+    ])
+    rows = {r[0]: dict(zip(bench.HEADER, r))
+            for r in bench.table(result, 'eager', 1)}
+    assert rows['resnet18-mod']['paper CPU'] == ''
+    assert rows['resnet18-mod']['speed-up'] != ''
+    assert 'fuse_conv_bn' in out.read_text().splitlines()[0]
+    timings = result['timings']['eager'][1].values()
+    assert all('train' not in r for r in timings)  # --train-batch-sizes none
+
+
+def test_tool_folds_every_model():
+    """--fuse-conv-bn: the baseline's BNs fold too (a fair deployment
+    comparison), and those inside the MoD blocks' Conv-Blocks."""
+    for fuse in (False, True):
+        models = benchmark_tool.build_models(benchmark_tool.parse_args(
+            [BASELINE, MOD] + ['--fuse-conv-bn'] * fuse))
+        assert list(models) == ['resnet18', 'resnet18-mod']
+        for model in models.values():
+            has_bn = any(isinstance(m, torch.nn.BatchNorm2d)
+                         for m in model.modules())
+            assert has_bn != fuse
+
+
+@pytest.mark.slow
+def test_tool_in_the_compile_modes(tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    out = tmp_path / 'speed.md'
+    benchmark_tool.main([
+        BASELINE, MOD, *TINY, '--modes', 'compile', 'compile-freeze',
+        '--batch-sizes', '2', '--train-batch-sizes', '2', '--train-repeats',
+        '1', '--train-warmup', '1', '--out',
+        str(out)
+    ])
+    _check_run(out, ['compile', 'compile-freeze'], [2], ['compile'])
+    # both modes compiled, each its own graphs: 3 models x (inference,
+    # training, frozen inference)
+    assert counters['stats']['unique_graphs'] >= 9
+    # freezing was an option of its compile, not a process-wide setting
+    assert torch._inductor.config.freezing is False
+
+
+@pytest.mark.slow
+def test_compile_mode_compiles_every_model_at_every_batch_size():
+    """More graphs than dynamo's default limit of 8 per code object (these
+    models share Sequential.forward): none may silently run eager."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    models = {
+        f'net{c}': torch.nn.Sequential(torch.nn.Conv2d(3, c, 3),
+                                       torch.nn.ReLU())
+        for c in range(1, 6)
+    }
+    plan = bench.Plan(modes=['compile'], batch_sizes=[1, 2, 3],
+                      input_shape=(3, 8, 8), warmup=1, repeats=1,
+                      train_repeats=0)
+    result = bench.benchmark(models, plan, log=lambda line: None)
+    assert list(result['timings']['compile']) == [1, 2, 3]
+    assert counters['stats']['unique_graphs'] == 5 * 3
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_tool_in_the_cuda_modes(tmp_path):
+    out = tmp_path / 'speed.md'
+    benchmark_tool.main([
+        BASELINE, MOD, *TINY, '--modes', 'cuda-eager', 'cuda-compile',
+        'cuda-graphs', '--batch-sizes', '1', '2', '--train-batch-sizes', '2',
+        '--train-repeats', '1', '--train-warmup', '1', '--out',
+        str(out)
+    ])
+    _check_run(out, ['cuda-eager', 'cuda-compile', 'cuda-graphs'], [1, 2],
+               ['cuda-eager', 'cuda-compile'])
