@@ -160,3 +160,28 @@ def test_damaged_export_is_redone(tmp_path):
     os.remove(lost)
     assert export_digits(root) == (meta, False)
     assert osp.isfile(lost)
+
+
+def test_busy_machine_is_said_in_the_report(tmp_path):
+    """Latencies whose quartiles lie far apart (a busy machine) get a
+    warning to rerun, in the printed and the written report."""
+    from argparse import Namespace
+
+    from mmmod.demo.run import write_report
+    from mmmod.utils import spread_warning
+    from mmmod.utils.benchmark import summarise
+    quiet = summarise([10.0, 10.1, 10.2, 9.9, 10.0])
+    busy = summarise([25.0, 98.0, 40.0, 26.0, 90.0])
+    results = {
+        name: dict(top1=90.0, params=1e6, macs=m, latency=lat)
+        for name, m, lat in (('ResNet18', 2e8, busy),
+                             ('ResNet18-MoD', 1e8, quiet))
+    }
+    warning = spread_warning({n: r['latency'] for n, r in results.items()})
+    assert 'ResNet18 (' in warning and 'ResNet18-MoD' not in warning
+    meta = dict(size=32, splits=dict(train=1, val=1, test=1))
+    write_report(results, Namespace(work_dir=str(tmp_path)), meta, 1, 5,
+                 warning)
+    text = (tmp_path / 'results.md').read_text()
+    assert 'unsteady timings' in text and 'rerun on a quiet machine' in text
+    assert spread_warning({'ResNet18-MoD': quiet}) is None

@@ -6,7 +6,7 @@ import os.path as osp
 import tempfile
 
 from mmmod.apis import build_model, test, train
-from mmmod.utils.machine import describe_cpu
+from mmmod.utils.benchmark import cpu_name
 
 CONFIG_DIR = osp.join(
     osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs',
@@ -56,8 +56,9 @@ def run_demo(args):
         results[name] = dict(top1=top1, config=config)
     epochs = cfg.train_cfg.max_epochs
 
-    from mmmod.utils import count_macs, count_params, measure_latency
-    print(f'\n== latency at batch 1 on the CPU ({describe_cpu()}), models run in '
+    from mmmod.utils import (count_macs, count_params, measure_latency,
+                             spread_warning)
+    print(f'\n== latency at batch 1 on the CPU ({_cpu()}), models run in '
           'turn, medians', flush=True)
     warmup, repeats = (2, 5) if args.quick else (10, 100)
     latency = measure_latency(
@@ -68,12 +69,13 @@ def run_demo(args):
             macs=count_macs(model, INPUT_SHAPE),
             latency=latency[name])
 
-    write_report(results, args, meta, epochs, repeats)
+    write_report(results, args, meta, epochs, repeats,
+                 spread_warning(latency))
 
 
 def train_and_test(config, args):
-    """Train ``config`` with tools/train.py, test its best-on-val checkpoint
-    with tools/test.py. Returns that model, its test top-1 and the config."""
+    """Train ``config`` with the stock runner, test its best-on-val
+    checkpoint. Returns that model, its test top-1 and the config."""
     path = osp.join(CONFIG_DIR, config)
     work_dir = osp.join(args.work_dir, osp.splitext(config)[0])
     options = [f'{loader}.dataset.data_root={args.data_root}'
@@ -90,7 +92,10 @@ def train_and_test(config, args):
     return model, metrics['accuracy/top1'], cfg
 
 
-def write_report(results, args, meta, epochs, repeats):
+def write_report(results, args, meta, epochs, repeats, warning=None):
+    """The table, setup and figure, to stdout and ``args.work_dir``;
+    ``warning`` (unsteady timings, see :func:`spread_warning`) stands first
+    in both."""
     from mmmod.utils import format_table
 
     from .report import COLUMNS, comparison_rows, plot_accuracy_latency
@@ -104,9 +109,11 @@ def write_report(results, args, meta, epochs, repeats):
         f"{meta['size']} ({_sizes(meta)}), the same schedule for both; "
         'top-1 of the best-on-val checkpoint on the test split. Latency: '
         f'median [quartiles] of {repeats} interleaved runs at batch 1 on '
-        f'{describe_cpu()}. A MoD block convolves only the k = C / 64 channels that '
+        f'{_cpu()}. A MoD block convolves only the k = C / 64 channels that '
         'its selector ranks highest and passes the others through: the MAC '
         f"ratio, {base['macs'] / mod['macs']:.2f}x, is the ideal speed-up.")
+    if warning:
+        setup = f'**{warning}**\n\n{setup}'
     md = osp.join(args.work_dir, 'results.md')
     png = osp.join(args.work_dir, 'results.png')
     plot_accuracy_latency(results, png, f'ResNet18 vs ResNet18-MoD, digits '
@@ -127,3 +134,10 @@ def _check_writable(path):
     os.makedirs(path, exist_ok=True)
     with tempfile.TemporaryFile(dir=path):
         pass
+
+
+def _cpu():
+    """E.g. 'AMD EPYC 7B13, 2 cores, 2 torch threads'."""
+    import torch
+    return (f'{cpu_name()}, {os.cpu_count()} cores, '
+            f'{torch.get_num_threads()} torch threads')
