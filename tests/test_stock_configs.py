@@ -89,7 +89,7 @@ def train_step_then_predict(model, data):
 def det_data(with_mask):
     from mmdet.testing import demo_mm_inputs
     return demo_mm_inputs(
-        2, [(3, 64, 64), (3, 64, 64)], num_items=[2, 3], num_classes=80,
+        2, [(3, 128, 128), (3, 128, 128)], num_items=[2, 3], num_classes=80,
         with_mask=with_mask)
 
 
