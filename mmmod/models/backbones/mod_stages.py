@@ -161,12 +161,13 @@ class _MoDStageBlocks:
                 'that k = channels // c is a power of two')
         args = dict(args, stride=1, downsample=None,
                     norm_cfg=_fit_norm_cfg(args.get('norm_cfg')))
-        block_args.set_channels(self.block, args, k, inner)
         try:
+            block_args.set_channels(self.block, args, k, inner)
             conv_block = self.block(**args)
         except (AssertionError, ValueError, RuntimeError,
                 ZeroDivisionError) as err:
-            raise ValueError(f'{where} cannot be built: {err!r}') from err
+            raise ValueError(f'{where} cannot be built: '
+                             f'{type(err).__name__}: {err}') from err
         for name, p in conv_block.named_parameters():
             if p.numel() == 0:
                 raise ValueError(
