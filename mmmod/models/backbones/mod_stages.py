@@ -122,9 +122,20 @@ class PlanesBlockArgs(BlockArgs):
             args.update(groups=g, base_width=inner // g, base_channels=inner)
 
 
+class StageMoDBlock(MoDBlock):
+    """A MoD block in a stock stage: ``init_weights`` reaches its Conv-Block,
+    as it reaches the stage's other blocks (mmdet's and mmseg's stages pass
+    each block an ``init_cfg``: the zero-initialised last norm of
+    ``zero_init_residual``)."""
+
+    def init_weights(self):
+        if hasattr(self.block, 'init_weights'):
+            self.block.init_weights()
+
+
 class _MoDStageBlocks:
     """Stands in for a stage's block class in the stock ``make_res_layer``:
-    called once per block, in order; at MoD positions it returns a MoDBlock
+    called once per block, in order; at MoD positions it returns a MoD block
     around the block the stock code asked for, rebuilt on k channels."""
 
     def __init__(self, backbone: 'MoDStagesMixin', block: type, stage: int):
@@ -141,7 +152,7 @@ class _MoDStageBlocks:
         if not is_mod_position(index):
             return self.block(**args)
         block_args = self.backbone.block_args
-        return MoDBlock(
+        return StageMoDBlock(
             block_args.out_channels(self.block, args),
             partial(self.conv_block, args, index),
             c=self.backbone.c,
