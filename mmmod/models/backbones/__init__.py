@@ -3,7 +3,7 @@ import importlib.util
 
 from .mobilenet_v2_mod import MobileNetV2MoD
 from .mod_stages import (DEPTHS, FittedGroupNorm, MoDStagesMixin,
-                         mod_arch_settings)
+                         StageMoDBlock, mod_arch_settings, mod_resnets)
 from .resnet_mod import (ResNetMoD, ResNetMoD_CIFAR, ResNetV1cMoD,
                          ResNetV1dMoD, ResNeXtMoD)
 from .vgg_mod import VGGMoD
@@ -15,7 +15,8 @@ for _toolbox in ('mmseg', 'mmdet'):
         importlib.import_module(f'.{_toolbox}_resnet_mod', __name__)
 
 __all__ = [
-    'DEPTHS', 'FittedGroupNorm', 'MoDStagesMixin', 'mod_arch_settings',
+    'DEPTHS', 'FittedGroupNorm', 'MoDStagesMixin', 'StageMoDBlock',
+    'mod_arch_settings', 'mod_resnets',
     'ResNetMoD', 'ResNetV1cMoD', 'ResNetV1dMoD', 'ResNeXtMoD',
     'ResNetMoD_CIFAR', 'MobileNetV2MoD', 'VGGMoD'
 ]

@@ -2,40 +2,11 @@
 contract_dilation, dcn, plugins, its stem layout and defaults) with MoD
 blocks, registered in mmseg's registry. The mechanism is
 :mod:`.mod_stages`."""
-from mmseg.models.backbones.resnet import (BasicBlock, Bottleneck, ResNet,
-                                           ResNetV1c, ResNetV1d)
-from mmseg.models.backbones.resnext import Bottleneck as XBottleneck
-from mmseg.models.backbones.resnext import ResNeXt
+from mmseg.models.backbones import ResNet, ResNetV1c, ResNetV1d, ResNeXt
 from mmseg.registry import MODELS
 
-from .mod_stages import MoDStagesMixin, PlanesBlockArgs, mod_arch_settings
+from .mod_stages import PlanesBlockArgs, mod_resnets
 
-
-@MODELS.register_module()
-class ResNetMoD(MoDStagesMixin, ResNet):
-    """mmseg's ResNet with Mixture-of-Depths blocks: every argument and
-    default of mmseg's ``ResNet``, plus ``c`` and ``fusion``
-    (:class:`~.mod_stages.MoDStagesMixin`); depths as
-    :data:`~.mod_stages.DEPTHS`."""
-
-    block_args = PlanesBlockArgs()
-    arch_settings = mod_arch_settings(BasicBlock, Bottleneck)
-
-
-@MODELS.register_module()
-class ResNetV1cMoD(ResNetMoD, ResNetV1c):
-    """mmseg's ResNetV1c (deep stem, as FCN and PSPNet) with MoD blocks."""
-
-
-@MODELS.register_module()
-class ResNetV1dMoD(ResNetMoD, ResNetV1d):
-    """mmseg's ResNetV1d (deep stem, average-pool down-sampling) with MoD
-    blocks."""
-
-
-@MODELS.register_module()
-class ResNeXtMoD(ResNetMoD, ResNeXt):
-    """mmseg's ResNeXt with MoD blocks. A MoD Conv-Block has ResNet-MoD's
-    inner width, in ``gcd(groups, width)`` groups."""
-
-    arch_settings = mod_arch_settings(None, XBottleneck)
+ResNetMoD, ResNetV1cMoD, ResNetV1dMoD, ResNeXtMoD = mod_resnets(
+    MODELS, __name__, PlanesBlockArgs(), ResNetMoD=ResNet,
+    ResNetV1cMoD=ResNetV1c, ResNetV1dMoD=ResNetV1d, ResNeXtMoD=ResNeXt)

@@ -47,13 +47,16 @@ DEPTHS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
 }
 
 
-def mod_arch_settings(basic: Optional[type], bottleneck: type) -> dict:
-    """A stock ``arch_settings`` table over :data:`DEPTHS`, for a toolbox's
-    block classes (``basic=None``: bottleneck depths only, as ResNeXt)."""
-    blocks = {'basic': basic, 'bottleneck': bottleneck}
+def mod_arch_settings(stock: type) -> dict:
+    """``stock.arch_settings`` over :data:`DEPTHS`, with the stock class's
+    own block classes (a ResNeXt, which has no basic-block depths, gets the
+    bottleneck depths only)."""
+    blocks = {kind: stock.arch_settings[depth][0]
+              for depth, kind in ((18, 'basic'), (50, 'bottleneck'))
+              if depth in stock.arch_settings}
     return {
         depth: (blocks[kind], stages)
-        for depth, (kind, stages) in DEPTHS.items() if blocks[kind]
+        for depth, (kind, stages) in DEPTHS.items() if kind in blocks
     }
 
 
@@ -191,7 +194,8 @@ class _MoDStageBlocks:
 class MoDStagesMixin:
     """Makes a stock ResNet class a ResNet-MoD: put it first in the bases,
     ``class ResNetMoD(MoDStagesMixin, ResNet)``, and set :attr:`block_args`
-    and ``arch_settings`` (:func:`mod_arch_settings`).
+    and ``arch_settings = mod_arch_settings(ResNet)``
+    (:func:`mod_resnets` does it for a whole toolbox).
 
     Takes every argument of the stock class, plus:
 
@@ -227,3 +231,27 @@ class MoDStagesMixin:
         check_input_channels(x, self.in_channels, type(self).__name__)
         return super().forward(x)
 
+
+
+def mod_resnets(registry, module: str, block_args: BlockArgs,
+                **stocks: type) -> Tuple[type, ...]:
+    """The MoD twins of a toolbox's ResNet classes, registered in its
+    ``registry`` under the given names, in order: ``ResNetMoD, ResNeXtMoD =
+    mod_resnets(MODELS, __name__, PlanesBlockArgs(), ResNetMoD=ResNet,
+    ResNeXtMoD=ResNeXt)``. The first is
+    ``(MoDStagesMixin, stock)``, the others ``(first, stock)``, so that
+    ``isinstance(m, first)`` holds for all; ``module`` is where they are
+    exported (for pickling)."""
+    classes = {}
+    for name, stock in stocks.items():
+        bases = (next(iter(classes.values()), MoDStagesMixin), stock)
+        toolbox = stock.__module__.split('.')[0]
+        doc = (f"{toolbox}'s ``{stock.__name__}`` with Mixture-of-Depths "
+               'blocks: every argument and default of the stock class, plus '
+               '``c`` and ``fusion`` (:class:`MoDStagesMixin`).')
+        classes[name] = registry.register_module(module=type(
+            name, bases,
+            dict(__module__=module, __qualname__=name, __doc__=doc,
+                 block_args=block_args,
+                 arch_settings=mod_arch_settings(stock))))
+    return tuple(classes.values())

@@ -1,12 +1,10 @@
 """ResNet-MoD in mmpretrain: mmpretrain's own ResNet classes with every odd
 block of a stage a MoD block (supplement Table 5), registered in mmpretrain's
 registry. mmseg's and mmdet's are in :mod:`.mmseg_resnet_mod` and
-:mod:`.mmdet_resnet_mod`; the mechanism is :mod:`.mod_stages`."""
-from mmpretrain.models.backbones.resnet import (BasicBlock, Bottleneck, ResNet,
-                                                ResNetV1c, ResNetV1d)
-from mmpretrain.models.backbones.resnet_cifar import ResNet_CIFAR
-from mmpretrain.models.backbones.resnext import Bottleneck as XBottleneck
-from mmpretrain.models.backbones.resnext import ResNeXt
+:mod:`.mmdet_resnet_mod` (made by :func:`.mod_stages.mod_resnets`); the
+mechanism is :mod:`.mod_stages`."""
+from mmpretrain.models.backbones import (ResNet, ResNet_CIFAR, ResNetV1c,
+                                         ResNetV1d, ResNeXt)
 from mmpretrain.registry import MODELS
 
 from .mod_stages import MoDStagesMixin, mod_arch_settings
@@ -26,7 +24,7 @@ class ResNetMoD(MoDStagesMixin, ResNet):
             same as ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
     """
 
-    arch_settings = mod_arch_settings(BasicBlock, Bottleneck)
+    arch_settings = mod_arch_settings(ResNet)
 
     def __init__(self, depth, pretrained=None, **kwargs):
         if pretrained is not None:
@@ -61,4 +59,4 @@ class ResNeXtMoD(ResNetMoD, ResNeXt):
     as there). A MoD Conv-Block has ResNet-MoD's inner width, in
     ``gcd(groups, width)`` groups."""
 
-    arch_settings = mod_arch_settings(None, XBottleneck)
+    arch_settings = mod_arch_settings(ResNeXt)
