@@ -5,12 +5,22 @@ registry. mmseg's and mmdet's are in :mod:`.mmseg_resnet_mod` and
 mechanism is :mod:`.mod_stages`."""
 from mmpretrain.models.backbones import (ResNet, ResNet_CIFAR, ResNetV1c,
                                          ResNetV1d, ResNeXt)
+from mmengine.registry import MODELS as ROOT_MODELS
 from mmpretrain.registry import MODELS
 
 from .mod_stages import MoDStagesMixin, mod_arch_settings
 
 
-@MODELS.register_module()
+def register(cls):
+    """In mmpretrain's registry, and in mmengine's root one as before, for
+    code that builds without a scope (``tools/model_converters/
+    resnet_to_mod.py``). mmseg's and mmdet's registries find their own
+    classes first."""
+    ROOT_MODELS.register_module(module=cls)
+    return MODELS.register_module(module=cls)
+
+
+@register
 class ResNetMoD(MoDStagesMixin, ResNet):
     """mmpretrain's ResNet with Mixture-of-Depths blocks.
 
@@ -38,22 +48,22 @@ class ResNetMoD(MoDStagesMixin, ResNet):
         super().__init__(depth, **kwargs)
 
 
-@MODELS.register_module()
+@register
 class ResNetV1cMoD(ResNetMoD, ResNetV1c):
     """ResNetMoD with the V1c deep stem (three 3x3 convs)."""
 
 
-@MODELS.register_module()
+@register
 class ResNetV1dMoD(ResNetMoD, ResNetV1d):
     """ResNetMoD with the V1d deep stem and average-pool down-sampling."""
 
 
-@MODELS.register_module()
+@register
 class ResNetMoD_CIFAR(ResNetMoD, ResNet_CIFAR):
     """ResNetMoD with the CIFAR stem: 3x3 conv, stride 1, no max-pool."""
 
 
-@MODELS.register_module()
+@register
 class ResNeXtMoD(ResNetMoD, ResNeXt):
     """mmpretrain's ResNeXt with MoD blocks (``groups``, ``width_per_group``
     as there). A MoD Conv-Block has ResNet-MoD's inner width, in
