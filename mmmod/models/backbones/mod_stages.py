@@ -5,8 +5,9 @@ toolbox gives it (dcn, plugins, multi-grid dilations, style, with_cp,
 conv_cfg, norm_cfg, drop path, ...). Its block class is handed in through a
 :class:`_MoDStageBlocks`, which builds the blocks at standard positions as
 they are, and at MoD positions (:func:`~mmmod.layers.is_mod_position`) a
-:class:`~mmmod.layers.MoDBlock` whose Conv-Block is the same block class,
-called with the same arguments, rebuilt for ``k -> k`` channels at stride 1
+MoD block (:class:`StageMoDBlock`) whose Conv-Block is the same block class,
+called with the same arguments (dilation, drop-path rate and ``init_cfg``
+of that position included), rebuilt for ``k -> k`` channels at stride 1
 without down-sampling.
 
 The toolboxes differ only in how their blocks name the channels
