@@ -82,9 +82,9 @@ def test_dcn_and_plugin_stages_must_match_num_stages(scope):
                                fallback_on_stride=False),
                   stage_with_dcn=(True, ))
     with pytest.raises(AssertionError):
-        ResNetMoD(50, plugins=[dict(cfg=dict(type='ContextBlock', ratio=1 / 16),
-                                    stages=(False, True, True),
-                                    position='after_conv3')])
+        gcb = dict(cfg=dict(type='ContextBlock', ratio=1 / 16),
+                   stages=(False, True, True), position='after_conv3')
+        ResNetMoD(50, plugins=[gcb])
 
 
 @pytest.mark.parametrize('scope', PLANES)

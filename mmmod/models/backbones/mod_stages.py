@@ -233,7 +233,6 @@ class MoDStagesMixin:
         return super().forward(x)
 
 
-
 def mod_resnets(registry, module: str, block_args: BlockArgs,
                 **stocks: type) -> Tuple[type, ...]:
     """The MoD twins of a toolbox's ResNet classes, registered in its
