@@ -299,6 +299,11 @@ MOD_NAMES = {
 @pytest.mark.parametrize('scope', sorted(MOD_NAMES))
 def test_every_toolbox_builds_its_own_resnets_by_name(scope):
     import importlib
+
+    from mmengine.registry import init_default_scope
+
+    # as a runner does: build() resolves names in the default scope
+    init_default_scope(scope)
     registry = importlib.import_module(f'{scope}.registry').MODELS
     for name, stock in MOD_NAMES[scope].items():
         model = registry.build(dict(type=name, depth=50))
