@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmmod.layers import MoDBlock
+from mmmod.layers import MoDBlock, is_mod_position
 from mmmod.models import MobileNetV2MoD, ResNetMoD, ResNetMoD_CIFAR, VGGMoD
 from mmmod.models.backbones import FittedGroupNorm, MoDStagesMixin
 
@@ -328,3 +328,28 @@ def test_selectors_keep_default_init_in_every_backbone():
                 bound = 1 / fc1.shape[1]**0.5   # nn.Linear's uniform bound
                 assert fc1.abs().max() <= bound
                 assert fc1.std() > bound / 3
+
+
+@pytest.mark.parametrize('scope', sorted(MOD_NAMES))
+def test_standard_keys_are_the_stock_checkpoint_keys(scope):
+    """Stem, down-sampling and standard blocks have the stock class's names
+    and shapes (so its checkpoints load there); the keys of the stock
+    blocks at MoD positions are replaced by the MoD blocks'."""
+    import importlib
+    import re
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    at_mod_position = re.compile(r'layer\d+\.(\d+)\.')
+
+    def standard(model):
+        return {
+            k: v.shape for k, v in model.state_dict().items()
+            if not (m := at_mod_position.match(k))
+            or not is_mod_position(int(m.group(1)))
+        }
+
+    for name, stock in MOD_NAMES[scope].items():
+        depth = 50 if 'ResNeXt' in name else 18
+        mod = standard(registry.get(name)(depth=depth))
+        assert mod == standard(registry.get(stock)(depth=depth))
+        assert any(k.startswith('layer1.0.') for k in mod)
+        assert not any(k.startswith('layer1.1.') for k in mod)
