@@ -1,0 +1,257 @@
+"""How a stock ResNet stage becomes a MoD stage, for every toolbox.
+
+The toolbox's own ``make_res_layer`` builds the stage, with every argument the
+toolbox gives it (dcn, plugins, multi-grid dilations, style, with_cp,
+conv_cfg, norm_cfg, drop path, ...). Its block class is handed in through a
+:class:`_MoDStageBlocks`, which builds the blocks at standard positions as
+they are, and at MoD positions (:func:`~mmmod.layers.is_mod_position`) a
+MoD block (:class:`StageMoDBlock`) whose Conv-Block is the same block class,
+called with the same arguments (dilation, drop-path rate and ``init_cfg``
+of that position included), rebuilt for ``k -> k`` channels at stride 1
+without down-sampling.
+
+The toolboxes differ only in how their blocks name the channels
+(:class:`BlockArgs`); the depth table (:data:`DEPTHS`) is shared data.
+
+Rules inside a MoD Conv-Block, where ``k = C // c`` may be as small as 1:
+
+* Bottleneck inner width ``max(1, k // expansion)`` (the paper's parameter
+  counts depend on it).
+* ResNeXt: the same inner width, in ``gcd(groups, width)`` groups (32 groups
+  of 4 cannot fit a width of 1).
+* GroupNorm on ``n`` channels uses ``gcd(num_groups, n)`` groups
+  (:class:`FittedGroupNorm`): the stock count wherever it fits.
+* Anything else that cannot be built on ``k`` channels (e.g. a plugin whose
+  reduced width rounds to 0) is a ``ValueError`` at construction naming the
+  stage, the block, ``k`` and the block's norm and plugins.
+"""
+import math
+from functools import partial
+from typing import Dict, Optional, Tuple
+
+import torch.nn as nn
+
+from mmmod.layers import MoDBlock, check_input_channels, is_mod_position
+
+#: depth -> (block kind, blocks per stage): the stock depths and the paper's
+#: 26, 42, 75 and 86 (supplement Table 5).
+DEPTHS: Dict[int, Tuple[str, Tuple[int, int, int, int]]] = {
+    18: ('basic', (2, 2, 2, 2)),
+    26: ('basic', (2, 2, 3, 4)),
+    34: ('basic', (3, 4, 6, 3)),
+    42: ('basic', (3, 3, 6, 6)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    75: ('bottleneck', (3, 4, 14, 3)),
+    86: ('bottleneck', (3, 4, 18, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+}
+
+
+def mod_arch_settings(stock: type) -> dict:
+    """``stock.arch_settings`` over :data:`DEPTHS`, with the stock class's
+    own block classes (a ResNeXt, which has no basic-block depths, gets the
+    bottleneck depths only)."""
+    blocks = {kind: stock.arch_settings[depth][0]
+              for depth, kind in ((18, 'basic'), (50, 'bottleneck'))
+              if depth in stock.arch_settings}
+    return {
+        depth: (blocks[kind], stages)
+        for depth, (kind, stages) in DEPTHS.items() if kind in blocks
+    }
+
+
+class FittedGroupNorm(nn.GroupNorm):
+    """GroupNorm with ``gcd(num_groups, num_channels)`` groups: the stock
+    count wherever it divides the channels, fewer where it does not (a MoD
+    Conv-Block on k = 1 channel gets 1 group). ``build_norm_layer`` names it
+    ``gn``, so checkpoints keep the stock keys."""
+
+    _abbr_ = 'gn'
+
+    def __init__(self, num_channels: int, num_groups: int, **kwargs):
+        super().__init__(math.gcd(num_groups, num_channels), num_channels,
+                         **kwargs)
+
+
+def _fit_norm_cfg(norm_cfg: Optional[dict]) -> Optional[dict]:
+    if norm_cfg is not None and norm_cfg.get('type') in ('GN', nn.GroupNorm):
+        return dict(norm_cfg, type=FittedGroupNorm)
+    return norm_cfg
+
+
+class BlockArgs:
+    """How a toolbox's ResNet blocks take their channels. mmpretrain:
+    ``in_channels``, ``out_channels`` and ``expansion`` (the inner width is
+    ``out_channels // expansion``); ResNeXt adds ``groups``,
+    ``width_per_group`` and ``base_channels``."""
+
+    def out_channels(self, block: type, args: dict) -> int:
+        return args['out_channels']
+
+    def expansion(self, block: type, args: dict) -> int:
+        return args['expansion']
+
+    def set_channels(self, block: type, args: dict, k: int, inner: int):
+        args.update(in_channels=k, out_channels=k, expansion=k // inner)
+        groups = args.get('groups', 1)
+        if groups != 1:  # inner width groups * width_per_group * inner // base
+            g = math.gcd(groups, inner)
+            args.update(groups=g, width_per_group=inner // g,
+                        base_channels=inner)
+
+
+class PlanesBlockArgs(BlockArgs):
+    """mmdet and mmseg: ``inplanes`` and ``planes`` (the inner width); the
+    output is ``planes * block.expansion``, a class attribute. ResNeXt adds
+    ``groups``, ``base_width`` and ``base_channels``."""
+
+    def out_channels(self, block: type, args: dict) -> int:
+        return args['planes'] * block.expansion
+
+    def expansion(self, block: type, args: dict) -> int:
+        return block.expansion
+
+    def set_channels(self, block: type, args: dict, k: int, inner: int):
+        if inner * block.expansion != k:
+            raise ValueError(
+                f'a MoD {block.__name__} on k={k} channels needs k to be a '
+                f'multiple of its expansion {block.expansion} (the output '
+                f'is planes * {block.expansion}); choose c so that k = '
+                'channels // c is')
+        args.update(inplanes=k, planes=inner)
+        groups = args.get('groups', 1)
+        if groups != 1:  # width floor(planes * base_width / base) * groups
+            g = math.gcd(groups, inner)
+            args.update(groups=g, base_width=inner // g, base_channels=inner)
+
+
+class StageMoDBlock(MoDBlock):
+    """A MoD block in a stock stage: ``init_weights`` reaches its Conv-Block,
+    as it reaches the stage's other blocks (mmdet's and mmseg's stages pass
+    each block an ``init_cfg``: the zero-initialised last norm of
+    ``zero_init_residual``)."""
+
+    def init_weights(self):
+        if hasattr(self.block, 'init_weights'):
+            self.block.init_weights()
+
+
+class _MoDStageBlocks:
+    """Stands in for a stage's block class in the stock ``make_res_layer``:
+    called once per block, in order; at MoD positions it returns a MoD block
+    around the block the stock code asked for, rebuilt on k channels."""
+
+    def __init__(self, backbone: 'MoDStagesMixin', block: type, stage: int):
+        self.backbone = backbone
+        self.block = block
+        self.stage = stage
+        self.index = 0
+
+    def __getattr__(self, name):  # ``expansion``, read by the stock ResLayer
+        return getattr(self.block, name)
+
+    def __call__(self, **args) -> nn.Module:
+        index, self.index = self.index, self.index + 1
+        if not is_mod_position(index):
+            return self.block(**args)
+        block_args = self.backbone.block_args
+        return StageMoDBlock(
+            block_args.out_channels(self.block, args),
+            partial(self.conv_block, args, index),
+            c=self.backbone.c,
+            fusion=self.backbone.fusion)
+
+    def conv_block(self, args: dict, index: int, k: int) -> nn.Module:
+        """The block of ``args`` on ``k -> k`` channels, stride 1."""
+        block_args = self.backbone.block_args
+        expansion = block_args.expansion(self.block, args)
+        inner = max(1, k // expansion)
+        where = (f'the MoD Conv-Block of layer{self.stage}[{index}] '
+                 f'({self.block.__name__}, k={k} channels, norm_cfg='
+                 f'{args.get("norm_cfg")}, plugins={args.get("plugins")})')
+        if k % inner:
+            raise ValueError(
+                f'{where}: the inner width {inner} must divide k; choose c so '
+                'that k = channels // c is a power of two')
+        args = dict(args, stride=1, downsample=None,
+                    norm_cfg=_fit_norm_cfg(args.get('norm_cfg')))
+        try:
+            block_args.set_channels(self.block, args, k, inner)
+            conv_block = self.block(**args)
+        except (AssertionError, ValueError, RuntimeError,
+                ZeroDivisionError) as err:
+            raise ValueError(f'{where} cannot be built: '
+                             f'{type(err).__name__}: {err}') from err
+        for name, p in conv_block.named_parameters():
+            if p.numel() == 0:
+                raise ValueError(
+                    f'{where}: {name} has no channels on k={k} (e.g. a '
+                    'plugin whose reduced width rounds to 0); choose a '
+                    'smaller c or leave this stage without the plugin')
+        return conv_block
+
+
+class MoDStagesMixin:
+    """Makes a stock ResNet class a ResNet-MoD: put it first in the bases,
+    ``class ResNetMoD(MoDStagesMixin, ResNet)``, and set :attr:`block_args`
+    and ``arch_settings = mod_arch_settings(ResNet)``
+    (:func:`mod_resnets` does it for a whole toolbox).
+
+    Takes every argument of the stock class, plus:
+
+    Args:
+        c (int): MoD capacity divisor; a MoD block on C channels processes
+            k = C // c of them. Default 64 (the widest that keeps k >= 1 in
+            the first stage of every depth).
+        fusion (str): ``'first-k'`` (default), ``'last-k'`` or
+            ``'original'``; see :class:`mmmod.layers.MoDBlock`.
+    """
+
+    block_args: BlockArgs = BlockArgs()
+
+    def __init__(self, depth: int, c: int = 64, fusion: str = 'first-k',
+                 **kwargs):
+        if depth not in self.arch_settings:
+            raise KeyError(f'{type(self).__name__}: depth={depth!r} is not '
+                           f'one of {sorted(self.arch_settings)}')
+        # read by make_res_layer, which the stock __init__ calls
+        self.c = c
+        self.fusion = fusion
+        self.in_channels = kwargs.get('in_channels', 3)
+        super().__init__(depth=depth, **kwargs)
+
+    def make_res_layer(self, block: type, **kwargs) -> nn.Module:
+        stage = len(self.res_layers) + 1
+        layer = super().make_res_layer(
+            block=_MoDStageBlocks(self, block, stage), **kwargs)
+        layer.block = block  # the stock ResLayers keep their block class
+        return layer
+
+    def forward(self, x):
+        check_input_channels(x, self.in_channels, type(self).__name__)
+        return super().forward(x)
+
+
+def mod_resnets(registry, module: str, block_args: BlockArgs,
+                **stocks: type) -> Tuple[type, ...]:
+    """The MoD twins of a toolbox's ResNet classes, registered in its
+    ``registry`` under the given names, in order: ``ResNetMoD, ResNeXtMoD =
+    mod_resnets(MODELS, __name__, PlanesBlockArgs(), ResNetMoD=ResNet,
+    ResNeXtMoD=ResNeXt)``. The first is
+    ``(MoDStagesMixin, stock)``, the others ``(first, stock)``, so that
+    ``isinstance(m, first)`` holds for all; ``module`` is where they are
+    exported (for pickling)."""
+    classes = {}
+    for name, stock in stocks.items():
+        bases = (next(iter(classes.values()), MoDStagesMixin), stock)
+        toolbox = stock.__module__.split('.')[0]
+        doc = (f"{toolbox}'s ``{stock.__name__}`` with Mixture-of-Depths "
+               'blocks: every argument and default of the stock class, plus '
+               '``c`` and ``fusion`` (:class:`MoDStagesMixin`).')
+        classes[name] = registry.register_module(module=type(
+            name, bases,
+            dict(__module__=module, __qualname__=name, __doc__=doc,
+                 block_args=block_args,
+                 arch_settings=mod_arch_settings(stock))))
+    return tuple(classes.values())
