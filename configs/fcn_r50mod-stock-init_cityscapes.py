@@ -8,5 +8,4 @@
 _base_ = ['./fcn_r50mod_cityscapes.py']
 
 model = dict(backbone=dict(init_cfg=dict(
-    _delete_=True,  # not Pretrained's keys (prefix)
     type='WarmStartFromResNet', checkpoint='open-mmlab://resnet50_v1c')))

@@ -15,15 +15,17 @@ custom_imports = dict(imports=['mmmod'], allow_failed_imports=False)
 # starts from `open-mmlab://resnet50_v1c`. FCN's backbone has the V1c deep
 # stem, so the classifier must have it too: train it first with
 #   tools/dist_train.sh configs/resnet_mod/resnet50-v1c-mod_8xb32_in1k.py 8
-# (a 7x7-stem ResNet50-MoD checkpoint would leave the stem random: mmengine
-# only warns about missing keys). Without that run, use the config that
-# warm-starts the backbone from the stock ImageNet ResNet50-V1c, named here
-# for tools/train.py's message when `pretrained` is missing.
+# WarmStartFromResNet loads it whole, MoD blocks included, into mmseg's own
+# V1c layout (stem.0.weight, ...; the classifier has mmpretrain's,
+# stem.0.conv.weight, ...), and refuses a checkpoint whose stem or stages do
+# not fit (mmengine's Pretrained would only warn and leave them random).
+# Without that run, use the config that warm-starts the backbone from the
+# stock ImageNet ResNet50-V1c, named here for tools/train.py's message when
+# `pretrained` is missing.
 pretrained = 'work_dirs/resnet50-v1c-mod_8xb32_in1k/epoch_100.pth'
 stock_init_config = 'fcn_r50mod-stock-init_cityscapes'
 model = dict(
     pretrained=None,  # the stock `open-mmlab://resnet50_v1c`
     backbone=dict(
         type='ResNetV1cMoD',
-        init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')))
+        init_cfg=dict(type='WarmStartFromResNet', checkpoint=pretrained)))

@@ -82,7 +82,7 @@ def test_default_checkpoint_is_what_the_imagenet_config_writes():
     imagenet = apis.load_config(str(IMAGENET))
     assert imagenet.model.backbone.type == 'ResNetMoD'  # the 7x7 stem
     init = load_config().model.backbone.init_cfg
-    assert init.type == 'Pretrained' and init.prefix == 'backbone.'
+    assert init.type == 'WarmStartFromResNet'
     assert init.checkpoint == (f'{imagenet.work_dir}/'
                                f'epoch_{imagenet.train_cfg.max_epochs}.pth')
 

@@ -71,7 +71,7 @@ def test_default_checkpoint_is_what_the_imagenet_config_writes():
     imagenet = apis.load_config(str(IMAGENET))
     assert imagenet.model.backbone.type == 'ResNetV1cMoD'
     init = load_config().model.backbone.init_cfg
-    assert init.type == 'Pretrained' and init.prefix == 'backbone.'
+    assert init.type == 'WarmStartFromResNet'
     assert init.checkpoint == (f'{imagenet.work_dir}/'
                                f'epoch_{imagenet.train_cfg.max_epochs}.pth')
 
@@ -88,8 +88,12 @@ def test_backbone_starts_from_the_imagenet_classifier(tmp_path):
         k[len('backbone.'):]: v
         for k, v in classifier.items() if k.startswith('backbone.')
     }
-    got = model.backbone.state_dict()
-    assert got.keys() == expected.keys()  # the deep stem too
+    # the whole ResNet-MoD, MoD blocks too; the deep stem from mmpretrain's
+    # layout (stem.0.conv.weight) into mmseg's (stem.0.weight)
+    got = {canonical_name(k): v for k, v in model.backbone.state_dict().items()}
+    expected = {canonical_name(k): v for k, v in expected.items()}
+    assert got.keys() == expected.keys()
+    assert 'stem.0.weight' in model.backbone.state_dict()
     for name, value in expected.items():
         assert torch.equal(got[name], value), name
 

@@ -9,5 +9,4 @@
 _base_ = ['./faster-rcnn_r50mod_fpn_1x_voc0712.py']
 
 model = dict(backbone=dict(init_cfg=dict(
-    _delete_=True,  # not Pretrained's keys (prefix)
     type='WarmStartFromResNet', checkpoint='torchvision://resnet50')))

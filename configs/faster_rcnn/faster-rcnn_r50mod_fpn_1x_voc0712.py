@@ -20,5 +20,6 @@ stock_init_config = 'faster-rcnn_r50mod-stock-init_fpn_1x_voc0712'
 model = dict(
     backbone=dict(
         type='ResNetMoD',
-        init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')))
+        # loads a ResNet-MoD checkpoint whole; refuses one whose stem or
+        # stages do not fit (mmengine's Pretrained would only warn)
+        init_cfg=dict(type='WarmStartFromResNet', checkpoint=pretrained)))
