@@ -109,15 +109,12 @@ class ResNetMoD(ResNet):
                     block=block,
                     expansion=expansion,
                     **conv_kwargs)
-                # inplace: the stage hands each block's output to the
-                # next block only, so the MoD block may add into it
                 layer.append(
                     MoDBlock(
                         out_channels,
                         conv_block,
                         c=self.c,
-                        fusion=self.fusion,
-                        inplace=True))
+                        fusion=self.fusion))
             else:
                 layer.append(
                     block(
