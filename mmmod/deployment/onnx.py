@@ -1,7 +1,64 @@
 """ONNX export of mmmod models and the ONNX Runtime session that checks and
-times them (tools/deployment/export_onnx.py, tools/analysis/benchmark.py)."""
+times them (tools/deployment/export_onnx.py, tools/analysis/benchmark.py).
+
+The MoD block's ops (:mod:`mmmod.layers.ops`) are exported as standard ONNX
+ops by the translations below (:data:`ONNX_TRANSLATIONS`): ReduceMean,
+MatMul, Relu, TopK, Sigmoid and GatherElements for ``select_channels``; Mul,
+Add and Concat (a fixed target) or ScatterElements (``'original'``) for
+``fuse_channels``. ONNX Runtime needs no custom op.
+"""
 import numpy as np
 import torch
+from onnxscript import opset18 as op
+
+import mmmod.layers  # noqa: F401  (defines torch.ops.mmmod)
+
+
+def _linear(x, weight, bias):
+    y = op.MatMul(x, op.Transpose(weight, perm=[1, 0]))
+    return y if bias is None else op.Add(y, bias)
+
+
+def _expand_index(idx, x, k):
+    """(N, k) indices -> (N, k, H, W), for GatherElements/ScatterElements."""
+    shape = op.Shape(x)
+    size = op.Concat(
+        op.Slice(shape, [0], [1]), op.Constant(value_ints=[k]),
+        op.Slice(shape, [2], [4]), axis=0)
+    return op.Expand(op.Unsqueeze(idx, [2, 3]), size)
+
+
+def select_channels(x, w1, b1, w2, b2, k: int):
+    """``mmmod::select_channels`` in standard ONNX ops."""
+    mean = op.ReduceMean(x, op.Constant(value_ints=[2, 3]), keepdims=0)
+    logits = _linear(op.Relu(_linear(mean, w1, b1)), w2, b2)
+    top, idx = op.TopK(logits, op.Constant(value_ints=[k]), axis=1)
+    x_k = op.GatherElements(x, _expand_index(idx, x, k), axis=1)
+    return x_k, op.Sigmoid(top), idx
+
+
+def fuse_channels(x, y, scores, idx, offset: int):
+    """``mmmod::fuse_channels`` in standard ONNX ops."""
+    k = y.shape[1]
+    y = op.Mul(y, op.Unsqueeze(scores, [2, 3]))
+    if offset < 0:
+        return op.ScatterElements(
+            x, _expand_index(idx, x, k), y, axis=1, reduction='add')
+    parts = []
+    if offset > 0:
+        parts.append(op.Slice(x, [0], [offset], [1]))
+    end = offset + k
+    parts.append(op.Add(op.Slice(x, [offset], [end], [1]), y))
+    if end < x.shape[1]:
+        parts.append(op.Slice(x, [end], [np.iinfo(np.int64).max], [1]))
+    return op.Concat(*parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+#: ``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``.
+ONNX_TRANSLATIONS = {
+    torch.ops.mmmod.select_channels.default: select_channels,
+    torch.ops.mmmod.fuse_channels.default: fuse_channels,
+}
 
 
 def export(model, x, path, opset):
@@ -9,7 +66,8 @@ def export(model, x, path, opset):
     with torch.no_grad():
         torch.onnx.export(
             model, (x, ), path, opset_version=opset, dynamo=True,
-            external_data=False, verbose=False)
+            external_data=False, verbose=False,
+            custom_translation_table=ONNX_TRANSLATIONS)
 
 
 def session(path, threads=None):

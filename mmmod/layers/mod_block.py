@@ -145,22 +145,24 @@ class MoDBlock(nn.Module):
         self.block = block(self.k)
         self.deploy = False
 
-    def select(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """The chosen channels (N, k, H, W), their scores (N, k) and their
-        indices (N, k), best first.
+    def select(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Scores (N, k) and indices (N, k) of the chosen channels, best
+        first."""
+        _, scores, idx = self._select_channels(x)
+        return scores, idx
 
-        The logits are ranked, not the sigmoid scores: a trained selector
-        saturates its sigmoid (many channels at exactly 1.0 in float32),
-        and top-k's tie-breaking would then choose.
-        """
+    def _select_channels(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        # The logits are ranked, not the sigmoid scores: a trained selector
+        # saturates its sigmoid (many channels at exactly 1.0 in float32),
+        # and top-k's tie-breaking would then choose.
         fc1, fc2 = self.selector.fc1, self.selector.fc2
         return select_channels(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
                                self.k)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_channels(x, self.channels, 'MoDBlock')
-        x_k, scores, idx = self.select(x)
-        # the scores multiply the output: the selector's gradient
+        x_k, scores, idx = self._select_channels(x)
+        # scaling by the scores gives the selector its gradient
         return fuse_channels(x, self.block(x_k), scores, idx,
                              self._fusion_offset)
 

@@ -15,8 +15,9 @@
 Each op has, here or in ``csrc/ops.cpp``:
 
 * its schema (below);
-* a CPU kernel in C++ (``mmmod._ext``, when built): an eager call costs one
-  dispatcher call, not a Python function;
+* a CPU kernel in C++ (``mmmod._ext``, when built, unless the environment
+  says ``MMMOD_WITH_EXT=0``): an eager call costs a dispatcher call, not a
+  Python function;
 * a composite implementation in standard ATen ops (``_*_composite``): the
   kernel for every other device (CUDA) and for installs without the
   extension (``MMMOD_WITH_EXT=0``), and the decomposition inductor compiles;
@@ -25,6 +26,8 @@ Each op has, here or in ``csrc/ops.cpp``:
 * an ONNX translation to standard ops (TopK, GatherElements, Concat, ...)
   for :func:`mmmod.deployment.export` (:data:`ONNX_TRANSLATIONS`).
 """
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,10 +38,14 @@ _lib.define('select_channels(Tensor x, Tensor w1, Tensor? b1, Tensor w2, '
 _lib.define('fuse_channels(Tensor x, Tensor y, Tensor scores, Tensor idx, '
             'int offset) -> Tensor')
 
-try:  # the CPU kernels (TORCH_LIBRARY_IMPL in csrc/ops.cpp)
-    from mmmod import _ext
-except ImportError:  # never built, or built with MMMOD_WITH_EXT=0
-    _ext = None
+_ext = None
+# MMMOD_WITH_EXT=0 (as for setup.py): run without the C++ kernels even where
+# they are built
+if os.environ.get('MMMOD_WITH_EXT', '1') != '0':
+    try:  # the CPU kernels (TORCH_LIBRARY_IMPL in csrc/ops.cpp)
+        from mmmod import _ext
+    except ImportError:  # never built, or built with MMMOD_WITH_EXT=0
+        pass
 
 #: Whether the CPU kernels of ``mmmod._ext`` serve the ops on CPU.
 HAS_EXT = _ext is not None
