@@ -305,23 +305,29 @@ def test_empty_map_matches_the_reference_in_a_subprocess():
 
 
 def test_concurrent_first_forwards():
-    """Two threads doing first forwards on one model, and an unrelated model
-    in a third: no crash, the single-threaded results."""
+    """Two threads doing forwards on one model, each after ``eval()`` (a
+    first forward: the old code traced the block with torch.fx then,
+    patching ``nn.Module.__call__`` for the whole process), and an unrelated
+    model in a third: no crash, the single-threaded results."""
     import threading
     block = make_block(fusion='original')
-    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1),
+                          nn.ReLU()).eval()
     xs = [torch.randn(2, 32, 6, 6) for _ in range(2)]
     xo = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         want = [block(x) for x in xs] + [other(xo)]
-    block = make_block(fusion='original')  # fresh: these are first calls
-    got, errors = [None] * 3, []
+    got, errors, done = [[], [], []], [], threading.Event()
 
     def run(i, model, x):
         try:
             with torch.no_grad():
-                for _ in range(20):
-                    got[i] = model(x)
+                while not done.is_set():
+                    if i < 2:
+                        model.eval()
+                    got[i].append(model(x))
+                    if i < 2 and len(got[i]) == 30:
+                        return
         except Exception as e:  # noqa: B902  (reported below)
             errors.append(e)
 
@@ -329,11 +335,13 @@ def test_concurrent_first_forwards():
                [(0, block, xs[0]), (1, block, xs[1]), (2, other, xo)]]
     for t in threads:
         t.start()
-    for t in threads:
+    for t in threads[:2]:
         t.join()
+    done.set()
+    threads[2].join()
     assert not errors
-    for g, w in zip(got, want):
-        assert torch.equal(g, w)
+    for outs, w in zip(got, want):
+        assert outs and all(torch.equal(o, w) for o in outs)
 
 
 def test_model_built_in_inference_mode_works_in_eval():
@@ -389,6 +397,23 @@ def test_hooks_fire_and_see_their_input_unchanged():
         block(torch.randn(1, 32, 4, 4))
     assert seen['inner'] == (1, 4, 4, 4)
     kept, copy = seen['input']
+    assert torch.equal(kept, copy)
+
+
+def test_backbone_leaves_the_input_of_its_mod_blocks_alone():
+    """The mmmod backbones' MoD blocks return new tensors: a hook that keeps
+    a block's input sees it unchanged (the old backbones set
+    ``inplace=True`` and overwrote it)."""
+    from mmmod.models import ResNetMoD_CIFAR
+    model = ResNetMoD_CIFAR(depth=18)
+    model.eval()
+    mod_block = next(m for m in model.modules() if isinstance(m, MoDBlock))
+    seen = []
+    mod_block.register_forward_pre_hook(
+        lambda m, args: seen.append((args[0], args[0].clone())) and None)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 16, 16))
+    kept, copy = seen[0]
     assert torch.equal(kept, copy)
 
 

@@ -23,9 +23,11 @@ kernel, a pure-PyTorch implementation, autograd and an ONNX translation.
 Folding the Conv-Block's BN layers into its convs is an explicit one-way
 conversion for deployment: :meth:`MoDBlock.switch_to_deploy`.
 """
+import inspect
 from typing import Callable, Tuple
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -196,23 +198,42 @@ class MoDBlock(nn.Module):
 
 
 def fold_conv_bn(module: nn.Module) -> nn.Module:
-    """``module`` with every ``BatchNorm2d`` that directly follows a
-    ``Conv2d`` (consecutive attributes, in registration order, as in
-    ``nn.Sequential`` and mmcv's ``ConvModule``) folded into the conv and
-    replaced by ``nn.Identity``; in place, eval mode; returns ``module``."""
-    for parent in list(module.modules()):
-        children = list(parent.named_children())
-        for (_, conv), (name, bn) in zip(children, children[1:]):
-            if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d
-                    and bn.track_running_stats):
-                setattr(parent, _conv_name(parent, conv),
-                        fuse_conv_bn_eval(conv.eval(), bn.eval()))
-                setattr(parent, name, nn.Identity())
-    return module.eval()
+    """Folds every ``BatchNorm2d`` that takes the output of a ``Conv2d`` (and
+    nothing else does) into that conv, in place, and puts ``nn.Identity`` in
+    the BN's place; returns ``module``, in eval mode.
+
+    The pairs are read from ``module``'s dataflow (a ``torch.fx`` trace of
+    its forward, optional arguments at their defaults); a module that does
+    not trace is left as it is.
+    """
+    module.eval()
+    params = list(inspect.signature(module.forward).parameters.values())
+    defaults = {p.name: p.default for p in params[1:]
+                if p.default is not inspect.Parameter.empty}
+    try:
+        graph = fx.Tracer().trace(module, concrete_args=defaults)
+    except fx.proxy.TraceError:  # control flow on tensor values
+        return module
+    for node in graph.nodes:
+        conv_node = node.args[0] if node.args else None
+        if not (node.op == 'call_module'
+                and isinstance(conv_node, fx.Node)
+                and conv_node.op == 'call_module'
+                and len(conv_node.users) == 1):
+            continue
+        bn = module.get_submodule(node.target)
+        conv = module.get_submodule(conv_node.target)
+        if (type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                and type(conv) is nn.Conv2d):
+            _set_submodule(module, conv_node.target,
+                           fuse_conv_bn_eval(conv, bn))
+            _set_submodule(module, node.target, nn.Identity())
+    return module
 
 
-def _conv_name(parent: nn.Module, conv: nn.Module) -> str:
-    return next(n for n, m in parent.named_children() if m is conv)
+def _set_submodule(root: nn.Module, target: str, value: nn.Module) -> None:
+    parent, _, name = target.rpartition('.')
+    setattr(root.get_submodule(parent) if parent else root, name, value)
 
 
 def switch_to_deploy(model: nn.Module) -> nn.Module:
