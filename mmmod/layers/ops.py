@@ -32,11 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# flexible_layout: the kernels take NCHW and NHWC maps as they come (and
+# keep the layout), so inductor need not convert its channels-last maps
+_TAGS = (torch.Tag.flexible_layout, torch.Tag.pt2_compliant_tag)
 _lib = torch.library.Library('mmmod', 'DEF')
 _lib.define('select_channels(Tensor x, Tensor w1, Tensor? b1, Tensor w2, '
-            'Tensor? b2, int k) -> (Tensor, Tensor, Tensor)')
+            'Tensor? b2, int k) -> (Tensor, Tensor, Tensor)', tags=_TAGS)
 _lib.define('fuse_channels(Tensor x, Tensor y, Tensor scores, Tensor idx, '
-            'int offset) -> Tensor')
+            'int offset) -> Tensor', tags=_TAGS)
 
 _ext = None
 # MMMOD_WITH_EXT=0 (as for setup.py): run without the C++ kernels even where
