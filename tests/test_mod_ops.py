@@ -186,7 +186,8 @@ def test_bad_arguments_get_clear_errors():
 
 @needs_ext
 def test_fuse_rejects_channel_indices_out_of_range():
-    x, y, s = torch.randn(1, 8, 2, 2), torch.randn(1, 2, 2, 2), torch.rand(1, 2)
+    x, y = torch.randn(1, 8, 2, 2), torch.randn(1, 2, 2, 2)
+    s = torch.rand(1, 2)
     with pytest.raises(RuntimeError, match=r'index 8 is not in \[0, 8\)'):
         torch.ops.mmmod.fuse_channels(x, y, s, torch.tensor([[1, 8]]), -1)
 
@@ -210,7 +211,8 @@ def test_gradients_equal_the_composite(fusion):
                 xr, fc1.weight, fc1.bias, fc2.weight, fc2.bias, block.k)
             out = ops._fuse_channels_composite(xr, block.block(x_k), s, idx,
                                                block._fusion_offset)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        weight = torch.linspace(-1, 1, out.numel()).view_as(out)
+        (out * weight).sum().backward()
         grads.append([xr.grad] + [p.grad for p in block.parameters()])
     for g, r in zip(*grads):
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-4)
@@ -236,7 +238,7 @@ def test_gradcheck_of_the_ops():
                                                           offset), (x, y, s))
 
 
-# ----------------------------------------------------- the block, eval vs train
+# ---------------------------------------------------- the block, eval vs train
 
 
 @pytest.mark.parametrize('fusion', FUSIONS)

@@ -46,16 +46,24 @@ def is_mod_position(index: int) -> bool:
     return index % 2 == 1
 
 
+def _divide(channels: int, divisor: int, name: str, what: str,
+            result: str) -> int:
+    """``channels // divisor``, for a divisor in ``[1, channels]``; else a
+    ValueError naming the argument and its range."""
+    if isinstance(divisor, bool) or not isinstance(divisor, int):
+        raise ValueError(f'{name} ({what}) must be an integer, got '
+                         f'{divisor!r}')
+    if not 1 <= divisor <= channels:
+        raise ValueError(
+            f'{name}={divisor} is out of range for {channels} channels: '
+            f'{name} must be in [1, {channels}] so that {result} = '
+            f'channels // {name} >= 1')
+    return channels // divisor
+
+
 def mod_channels(channels: int, c: int) -> int:
     """``k = channels // c``: how many channels a MoD block processes."""
-    if isinstance(c, bool) or not isinstance(c, int):
-        raise ValueError(f'c (the MoD capacity divisor) must be an integer, '
-                         f'got {c!r}')
-    if not 1 <= c <= channels:
-        raise ValueError(
-            f'c={c} is out of range for a MoD block on {channels} channels: '
-            f'c must be in [1, {channels}] so that k = channels // c >= 1')
-    return channels // c
+    return _divide(channels, c, 'c', 'the MoD capacity divisor', 'k')
 
 
 def check_input_channels(x: Tensor, channels: int, where: str) -> None:
@@ -66,15 +74,8 @@ def check_input_channels(x: Tensor, channels: int, where: str) -> None:
 
 def selector_width(channels: int, reduction: int) -> int:
     """``channels // reduction``: the selector's hidden units."""
-    if isinstance(reduction, bool) or not isinstance(reduction, int):
-        raise ValueError(f'reduction (the selector\'s squeeze ratio) must be '
-                         f'an integer, got {reduction!r}')
-    if not 1 <= reduction <= channels:
-        raise ValueError(
-            f'reduction={reduction} is out of range for a selector on '
-            f'{channels} channels: reduction must be in [1, {channels}] so '
-            f'that it has channels // reduction >= 1 hidden units')
-    return channels // reduction
+    return _divide(channels, reduction, 'reduction',
+                   "the selector's squeeze ratio", 'its hidden units')
 
 
 class ChannelSelector(nn.Module):
