@@ -89,7 +89,10 @@ void fuse_into(const at::Tensor& x, const at::Tensor& y, const T* sp,
   const T* xp = x.data_ptr<T>();
   const T* yp = y.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  std::copy_n(xp, x.numel(), op);
+  // the copy of x is the kernel's main cost: on every thread, as clone()
+  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t i0, int64_t i1) {
+    std::copy(xp + i0, xp + i1, op + i0);
+  });
   if (layout_of(x) == at::MemoryFormat::Contiguous) {
     for (int64_t i = 0; i < n * k; ++i) {
       const int64_t plane = (i / k * c + dst[i]) * hw;
