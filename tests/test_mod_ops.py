@@ -137,6 +137,29 @@ def test_cpu_kernels_are_registered_with_the_dispatcher():
     assert 'aten::gather' not in called  # the composite gathers
 
 
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_opcheck(layout):
+    """torch.library.opcheck: schema, fake tensors (shapes and strides),
+    autograd registration and AOT dispatch agree with the kernels."""
+    torch.manual_seed(0)
+    x = LAYOUTS[layout](torch.randn(2, 8, 3, 5)).requires_grad_()
+    w1, w2 = torch.randn(2, 8), torch.randn(8, 2)
+    b1 = torch.randn(2)
+    for t in (w1, w2, b1):
+        t.requires_grad_()
+    assert all(v == 'SUCCESS' for v in torch.library.opcheck(
+        torch.ops.mmmod.select_channels.default,
+        (x, w1, b1, w2, None, 3)).values())
+    x_k, s, idx = torch.ops.mmmod.select_channels(x.detach(), w1.detach(),
+                                                  None, w2.detach(), None, 3)
+    y = torch.randn_like(x_k).requires_grad_()
+    s = s.detach().requires_grad_()
+    for offset in (0, 5, -1):
+        assert all(v == 'SUCCESS' for v in torch.library.opcheck(
+            torch.ops.mmmod.fuse_channels.default,
+            (x, y, s, idx, offset)).values())
+
+
 def test_without_the_extension_in_a_subprocess():
     """MMMOD_WITH_EXT=0: no C++ kernel, and the ops (composite on CPU)
     still train and infer as with it."""
