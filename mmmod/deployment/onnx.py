@@ -3,9 +3,9 @@ times them (tools/deployment/export_onnx.py, tools/analysis/benchmark.py).
 
 The MoD block's ops (:mod:`mmmod.layers.ops`) are exported as standard ONNX
 ops by the translations below (:data:`ONNX_TRANSLATIONS`): ReduceMean,
-MatMul, Relu, TopK, Sigmoid and GatherElements for ``select_channels``; Mul,
-Add and Concat (a fixed target) or ScatterElements (``'original'``) for
-``fuse_channels``. ONNX Runtime needs no custom op.
+MatMul, Relu, TopK, Sigmoid and GatherElements for ``select_channels``; Mul
+and ScatterElements (reduction ``add``) for ``fuse_channels``. ONNX Runtime
+needs no custom op.
 """
 import numpy as np
 import torch
@@ -38,20 +38,18 @@ def select_channels(x, w1, b1, w2, b2, k: int):
 
 
 def fuse_channels(x, y, scores, idx, offset: int):
-    """``mmmod::fuse_channels`` in standard ONNX ops."""
+    """``mmmod::fuse_channels`` in standard ONNX ops: one ScatterElements
+    that adds ``y * scores`` onto ``x`` (ONNX Runtime writes it into ``x``'s
+    buffer when nothing else reads ``x`` later: no copy of the map)."""
     k = y.shape[1]
     y = op.Mul(y, op.Unsqueeze(scores, [2, 3]))
-    if offset < 0:
-        return op.ScatterElements(
-            x, _expand_index(idx, x, k), y, axis=1, reduction='add')
-    parts = []
-    if offset > 0:
-        parts.append(op.Slice(x, [0], [offset], [1]))
-    end = offset + k
-    parts.append(op.Add(op.Slice(x, [offset], [end], [1]), y))
-    if end < x.shape[1]:
-        parts.append(op.Slice(x, [end], [np.iinfo(np.int64).max], [1]))
-    return op.Concat(*parts, axis=1) if len(parts) > 1 else parts[0]
+    if offset >= 0:  # channels offset .. offset + k - 1 of every sample
+        idx = op.Expand(
+            op.Constant(value_ints=list(range(offset, offset + k))),
+            op.Concat(op.Slice(op.Shape(x), [0], [1]),
+                      op.Constant(value_ints=[k]), axis=0))
+    return op.ScatterElements(
+        x, _expand_index(idx, x, k), y, axis=1, reduction='add')
 
 
 #: ``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``.
