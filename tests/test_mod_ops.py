@@ -205,6 +205,11 @@ def test_bad_arguments_get_clear_errors():
     with pytest.raises(RuntimeError, match='does not fit'):
         torch.ops.mmmod.fuse_channels(x, torch.randn(1, 2, 3, 2), s,
                                       torch.zeros(1, 2).long(), 0)
+    with pytest.raises(RuntimeError, match=r'scores must have shape \(1, 2\)'):
+        torch.ops.mmmod.fuse_channels(x, y, torch.rand(2),
+                                      torch.zeros(1, 2).long(), 0)
+    with pytest.raises(RuntimeError, match='idx must be int64'):
+        torch.ops.mmmod.fuse_channels(x, y, s, torch.zeros(1, 2), 0)
 
 
 @needs_ext

@@ -97,14 +97,23 @@ def _check_select(x, k):
                  f'k={k} is not in [1, {x.shape[1]}]')
 
 
-def _check_fuse(x, y, offset):
+def _check_fuse(x, y, scores, idx, offset):
     torch._check(
-        x.dim() == 4 and y.dim() == 4 and y.shape[1] <= x.shape[1],
+        x.dim() == 4 and y.dim() == 4 and y.shape[1] <= x.shape[1]
+        and y.shape[0] == x.shape[0] and y.shape[2:] == x.shape[2:],
         lambda: f'mmmod::fuse_channels: y of shape {tuple(y.shape)} does '
         f'not fit x of shape {tuple(x.shape)}')
-    torch._check(offset < 0 or offset + y.shape[1] <= x.shape[1],
-                 lambda: f'mmmod::fuse_channels: offset={offset} + '
-                 f'k={y.shape[1]} exceeds the {x.shape[1]} channels of x')
+    n, k = y.shape[:2]
+    torch._check(tuple(scores.shape) == (n, k), lambda: 'mmmod::'
+                 f'fuse_channels: scores must have shape ({n}, {k}), got '
+                 f'{tuple(scores.shape)}')
+    torch._check(
+        idx.dtype == torch.long and tuple(idx.shape) == (n, k),
+        lambda: f'mmmod::fuse_channels: idx must be int64 of shape ({n}, '
+        f'{k}), got {idx.dtype} {tuple(idx.shape)}')
+    torch._check(offset < 0 or offset + k <= x.shape[1],
+                 lambda: f'mmmod::fuse_channels: offset={offset} + k={k} '
+                 f'exceeds the {x.shape[1]} channels of x')
 
 
 def _select_channels(x, w1, b1, w2, b2, k):
@@ -113,7 +122,7 @@ def _select_channels(x, w1, b1, w2, b2, k):
 
 
 def _fuse_channels(x, y, scores, idx, offset):
-    _check_fuse(x, y, offset)
+    _check_fuse(x, y, scores, idx, offset)
     return _fuse_channels_composite(x, y, scores, idx, offset)
 
 
@@ -133,7 +142,7 @@ def _select_channels_fake(x, w1, b1, w2, b2, k):
 
 @torch.library.register_fake('mmmod::fuse_channels')
 def _fuse_channels_fake(x, y, scores, idx, offset):
-    _check_fuse(x, y, offset)
+    _check_fuse(x, y, scores, idx, offset)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device,
                        memory_format=_layout(x))
 
