@@ -76,3 +76,21 @@ def test_export_tool_rejects_a_whole_segmentor(tmp_path):
             'configs/fcn_r50mod_cityscapes.py', '--out-dir',
             str(tmp_path)
         ])
+
+
+def test_session_without_spinning_threads(tmp_path):
+    from mmmod.deployment import export, session
+    model = ResNetMoD_CIFAR(depth=18)
+    model.eval()
+    path = str(tmp_path / 'r18mod.onnx')
+    export(model, torch.randn(1, 3, 32, 32), path, opset=18)
+    x = torch.randn(1, 3, 32, 32).numpy()
+    outs = []
+    for spinning in (True, False):
+        sess = session(path, threads=2, spinning=spinning)
+        if not spinning:
+            assert sess.get_session_options().get_session_config_entry(
+                'session.intra_op.allow_spinning') == '0'
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x}))
+    for a, b in zip(*outs):
+        assert (a == b).all()
