@@ -212,6 +212,18 @@ def test_bad_arguments_get_clear_errors():
         torch.ops.mmmod.fuse_channels(x, y, s, torch.zeros(1, 2), 0)
 
 
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_fuse_adds_up_repeated_indices(layout):
+    """As scatter_add: a channel named twice in idx gets both additions."""
+    x = LAYOUTS[layout](torch.randn(2, 8, 3, 3))
+    y = LAYOUTS[layout](torch.randn(2, 2, 3, 3))
+    s, idx = torch.rand(2, 2), torch.tensor([[3, 3], [0, 5]])
+    got = torch.ops.mmmod.fuse_channels(x, y, s, idx, -1)
+    assert torch.allclose(got, ops._fuse_channels_composite(x, y, s, idx, -1))
+    assert torch.allclose(got[0, 3], x[0, 3] + y[0, 0] * s[0, 0] +
+                          y[0, 1] * s[0, 1])
+
+
 @needs_ext
 def test_fuse_rejects_channel_indices_out_of_range():
     x, y = torch.randn(1, 8, 2, 2), torch.randn(1, 2, 2, 2)

@@ -23,6 +23,10 @@
 
 namespace {
 
+// elements per task of at::parallel_for: below this, a second thread costs
+// more than it saves
+constexpr int64_t kPlaneGrain = 1 << 15;
+
 at::MemoryFormat layout_of(const at::Tensor& t) {
   return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)
              ? at::MemoryFormat::ChannelsLast
@@ -42,18 +46,24 @@ void copy_channels(const at::Tensor& x, const int64_t* idx, at::Tensor& out) {
   const int64_t hw = x.size(2) * x.size(3);
   const T* xp = x.data_ptr<T>();
   T* op = out.data_ptr<T>();
+  // on every thread, as ATen's gather: a plane (NCHW) or a pixel (NHWC) each
   if (layout_of(x) == at::MemoryFormat::Contiguous) {
-    for (int64_t s = 0; s < n; ++s)
-      for (int64_t j = 0; j < k; ++j)
-        std::copy_n(xp + (s * c + idx[s * k + j]) * hw, hw,
-                    op + (s * k + j) * hw);
+    at::parallel_for(0, n * k, kPlaneGrain / std::max<int64_t>(hw, 1) + 1,
+                     [&](int64_t i0, int64_t i1) {
+                       for (int64_t i = i0; i < i1; ++i)
+                         std::copy_n(xp + (i / k * c + idx[i]) * hw, hw,
+                                     op + i * hw);
+                     });
   } else {
-    for (int64_t s = 0; s < n; ++s)
-      for (int64_t p = 0; p < hw; ++p) {
-        const T* px = xp + (s * hw + p) * c;
-        T* po = op + (s * hw + p) * k;
-        for (int64_t j = 0; j < k; ++j) po[j] = px[idx[s * k + j]];
-      }
+    at::parallel_for(0, n * hw, kPlaneGrain / k + 1,
+                     [&](int64_t p0, int64_t p1) {
+                       for (int64_t p = p0; p < p1; ++p) {
+                         const int64_t* sel = idx + p / hw * k;
+                         const T* px = xp + p * c;
+                         T* po = op + p * k;
+                         for (int64_t j = 0; j < k; ++j) po[j] = px[sel[j]];
+                       }
+                     });
   }
 }
 
@@ -79,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
   return {out, scores, idx};
 }
 
-// out = x, then out[s, dst] = x[s, dst] + y[s, j] * scores[s, j] for the k
+// out = x, then out[s, dst] += y[s, j] * scores[s, j] for the k
 // target channels dst of each sample.
 template <typename T>
 void fuse_into(const at::Tensor& x, const at::Tensor& y, const T* sp,
@@ -90,29 +100,35 @@ void fuse_into(const at::Tensor& x, const at::Tensor& y, const T* sp,
   const T* yp = y.data_ptr<T>();
   T* op = out.data_ptr<T>();
   // the copy of x is the kernel's main cost: on every thread, as clone()
-  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, x.numel(), kPlaneGrain, [&](int64_t i0, int64_t i1) {
     std::copy(xp + i0, xp + i1, op + i0);
   });
   if (layout_of(x) == at::MemoryFormat::Contiguous) {
-    for (int64_t i = 0; i < n * k; ++i) {
-      const int64_t plane = (i / k * c + dst[i]) * hw;
-      const T* py = yp + i * hw;
-      const T s = sp[i];
-      for (int64_t p = 0; p < hw; ++p) {
-        const T prod = py[p] * s;  // rounded before the add, as in ATen
-        op[plane + p] = xp[plane + p] + prod;
-      }
-    }
-  } else {
-    for (int64_t s = 0; s < n; ++s)
-      for (int64_t p = 0; p < hw; ++p) {
-        T* po = op + (s * hw + p) * c;
-        const T* py = yp + (s * hw + p) * k;
-        for (int64_t j = 0; j < k; ++j) {
-          const T prod = py[j] * sp[s * k + j];
-          po[dst[s * k + j]] += prod;
+    // a sample per task: its targets may repeat (idx), and then add up
+    at::parallel_for(0, n, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t i = s0 * k; i < s1 * k; ++i) {
+        T* po = op + (i / k * c + dst[i]) * hw;
+        const T* py = yp + i * hw;
+        const T s = sp[i];
+        for (int64_t p = 0; p < hw; ++p) {
+          const T prod = py[p] * s;  // rounded before the add, as ATen
+          po[p] += prod;
         }
       }
+    });
+  } else {
+    at::parallel_for(0, n * hw, kPlaneGrain / k + 1,
+                     [&](int64_t p0, int64_t p1) {
+                       for (int64_t p = p0; p < p1; ++p) {
+                         const int64_t s = p / hw;
+                         T* po = op + p * c;
+                         const T* py = yp + p * k;
+                         for (int64_t j = 0; j < k; ++j) {
+                           const T prod = py[j] * sp[s * k + j];
+                           po[dst[s * k + j]] += prod;
+                         }
+                       }
+                     });
   }
 }
 
