@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from mmmod.layers import (FUSIONS, ChannelSelector, MoDBlock, is_mod_position,
-                          mod_channels)
+                          mod_channels, switch_to_deploy)
 
 
 def conv_block(k):
@@ -134,3 +134,69 @@ def test_saturated_selector_still_ranks_by_logits():
     scores, idx = block.select(x)
     assert idx[0].tolist() == [63, 62, 61, 60]     # the largest logits
     assert torch.equal(scores, torch.ones(1, 4))
+
+
+@pytest.mark.parametrize('reduction', [0, -1, 2.5, True, 65, '4', None])
+def test_bad_reduction_is_rejected(reduction):
+    with pytest.raises(ValueError, match='reduction'):
+        MoDBlock(64, conv_block, reduction=reduction)
+
+
+def test_reduction_error_names_the_range():
+    with pytest.raises(ValueError, match=r'reduction=65 .*\[1, 64\]'):
+        ChannelSelector(64, reduction=65)
+    assert ChannelSelector(64, reduction=64).fc1.out_features == 1
+
+
+def _mod_blocks(model):
+    return [m for m in model.modules() if isinstance(m, MoDBlock)]
+
+
+def _deploy_cases():
+    from mmmod.models import MobileNetV2MoD, ResNetMoD_CIFAR, VGGMoD
+    from mmmod.models.backbones.resnet_mod import ResNetV1cMoD
+    return {
+        'resnet18 (basic)': lambda: ResNetMoD_CIFAR(depth=18),
+        'resnet50 (bottleneck)': lambda: ResNetMoD_CIFAR(depth=50),
+        'resnet50v1c': lambda: ResNetV1cMoD(depth=50),
+        'mobilenetv2': lambda: MobileNetV2MoD(),
+        'vgg11-bn': lambda: VGGMoD(depth=11, norm_cfg=dict(type='BN')),
+    }
+
+
+@pytest.mark.parametrize('name', sorted(_deploy_cases()))
+def test_switch_to_deploy_folds_every_bn_and_keeps_the_output(name):
+    torch.manual_seed(0)
+    model = _deploy_cases()[name]()
+    for m in model.modules():  # non-trivial statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        switch_to_deploy(model)
+        got = model(x)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-4, rtol=1e-4)
+    for block in _mod_blocks(model):
+        assert block.deploy
+        assert not any(isinstance(m, nn.BatchNorm2d)
+                       for m in block.block.modules())
+        with pytest.raises(RuntimeError, match='cannot train'):
+            block.train()
+
+
+def test_switch_to_deploy_is_one_way_and_needs_eval():
+    block = MoDBlock(32, conv_block, c=8)
+    with pytest.raises(RuntimeError, match='eval'):
+        block.switch_to_deploy()
+    block.eval().switch_to_deploy()
+    folded = block.block
+    assert block.switch_to_deploy().block is folded  # a second call: no-op
+    assert isinstance(block.block[1], nn.Identity)
+    block.eval()  # eval stays allowed
+    with pytest.raises(RuntimeError, match='switch_to_deploy'):
+        block.train()

@@ -1,9 +1,12 @@
-from .inference import fold_for_inference
+"""The MoD block and its ops: torch only (no OpenMMLab imports)."""
 from .mod_block import (FUSIONS, ChannelSelector, MoDBlock,
-                        check_input_channels, is_mod_position, mod_channels,
-                        set_inplace)
+                        check_input_channels, fold_conv_bn, is_mod_position,
+                        mod_channels, selector_width, switch_to_deploy)
+from .ops import HAS_EXT, fuse_channels, select_channels
 
 __all__ = [
-    'FUSIONS', 'ChannelSelector', 'MoDBlock', 'check_input_channels',
-    'fold_for_inference', 'is_mod_position', 'mod_channels', 'set_inplace'
+    'FUSIONS', 'HAS_EXT', 'ChannelSelector', 'MoDBlock',
+    'check_input_channels', 'fold_conv_bn', 'fuse_channels',
+    'is_mod_position', 'mod_channels', 'select_channels', 'selector_width',
+    'switch_to_deploy'
 ]

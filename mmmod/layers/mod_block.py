@@ -15,23 +15,24 @@
 All shapes depend on ``C`` and ``c`` only, never on the input: the graph is
 static, so it traces, exports and compiles like any other CNN block.
 
-Two implementations compute the same function. :meth:`MoDBlock.forward_plain`
-is the definition, op for op (gather, block, scale, concatenate): training,
-tracing, ``torch.export``, ONNX export and ``torch.compile`` run it.
-:meth:`MoDBlock.forward_inference` is the eager CPU inference path (no
-autograd, eval mode): compiled kernels for the selector, top-k and gather,
-a BN-folded copy of the Conv-Block, and the scaled fusion
-(:mod:`mmmod.layers.inference`), adding into a copy of ``x`` or, with
-``inplace=True``, into ``x`` itself.
+:meth:`MoDBlock.forward` is that figure, in every mode (training, eval,
+``torch.compile``, ``torch.export``, ONNX). Its two steps around the
+Conv-Block are ops registered with PyTorch (:mod:`mmmod.layers.ops`:
+``mmmod::select_channels`` and ``mmmod::fuse_channels``), each with a C++ CPU
+kernel, a pure-PyTorch implementation, autograd and an ONNX translation.
+Folding the Conv-Block's BN layers into its convs is an explicit one-way
+conversion for deployment: :meth:`MoDBlock.switch_to_deploy`.
 """
+import inspect
 from typing import Callable, Tuple
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .inference import fold_for_inference, kernels
+from .ops import fuse_channels, select_channels, selector_logits
 
 FUSIONS = ('first-k', 'last-k', 'original')
 
@@ -45,16 +46,24 @@ def is_mod_position(index: int) -> bool:
     return index % 2 == 1
 
 
+def _divide(channels: int, divisor: int, name: str, what: str,
+            result: str) -> int:
+    """``channels // divisor``, for a divisor in ``[1, channels]``; else a
+    ValueError naming the argument and its range."""
+    if isinstance(divisor, bool) or not isinstance(divisor, int):
+        raise ValueError(f'{name} ({what}) must be an integer, got '
+                         f'{divisor!r}')
+    if not 1 <= divisor <= channels:
+        raise ValueError(
+            f'{name}={divisor} is out of range for {channels} channels: '
+            f'{name} must be in [1, {channels}] so that {result} = '
+            f'channels // {name} >= 1')
+    return channels // divisor
+
+
 def mod_channels(channels: int, c: int) -> int:
     """``k = channels // c``: how many channels a MoD block processes."""
-    if isinstance(c, bool) or not isinstance(c, int):
-        raise ValueError(f'c (the MoD capacity divisor) must be an integer, '
-                         f'got {c!r}')
-    if not 1 <= c <= channels:
-        raise ValueError(
-            f'c={c} is out of range for a MoD block on {channels} channels: '
-            f'c must be in [1, {channels}] so that k = channels // c >= 1')
-    return channels // c
+    return _divide(channels, c, 'c', 'the MoD capacity divisor', 'k')
 
 
 def check_input_channels(x: Tensor, channels: int, where: str) -> None:
@@ -63,9 +72,10 @@ def check_input_channels(x: Tensor, channels: int, where: str) -> None:
                          f'W), got {tuple(x.shape)}')
 
 
-def _expand_index(idx: Tensor, x: Tensor) -> Tensor:
-    """(N, k) channel indices -> (N, k, H, W), for ``gather``/``scatter``."""
-    return idx[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+def selector_width(channels: int, reduction: int) -> int:
+    """``channels // reduction``: the selector's hidden units."""
+    return _divide(channels, reduction, 'reduction',
+                   "the selector's squeeze ratio", 'its hidden units')
 
 
 class ChannelSelector(nn.Module):
@@ -83,17 +93,14 @@ class ChannelSelector(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16, bias: bool = False):
         super().__init__()
-        hidden = max(1, channels // reduction)
+        hidden = selector_width(channels, reduction)
         self.fc1 = nn.Linear(channels, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, channels, bias=bias)
 
     def logits(self, x: Tensor) -> Tensor:
         """The scores before the sigmoid, (N, C)."""
-        # functional calls: at batch 1 the calls of three submodules cost
-        # about as much as the selector's arithmetic
         fc1, fc2 = self.fc1, self.fc2
-        h = F.linear(x.mean((2, 3)), fc1.weight, fc1.bias).relu_()
-        return F.linear(h, fc2.weight, fc2.bias)
+        return selector_logits(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.logits(x))
@@ -101,6 +108,8 @@ class ChannelSelector(nn.Module):
 
 class MoDBlock(nn.Module):
     """Runs ``block`` on the top-k channels of ``x`` and adds the result back.
+
+    The output is a new tensor: ``x`` is never written.
 
     Args:
         channels: C, the channels of the input and the output.
@@ -110,13 +119,7 @@ class MoDBlock(nn.Module):
         fusion: where the processed channels are added: ``'first-k'``
             (channels 0..k-1, the paper's best), ``'last-k'`` (C-k..C-1) or
             ``'original'`` (the channels they were gathered from).
-        reduction: the selector's squeeze ratio r.
-        inplace: on the inference path, add the result into ``x`` itself
-            rather than into a copy, as ``nn.ReLU(inplace=True)`` does: one
-            copy of the feature map less, but the caller's ``x`` then holds
-            the output. For callers that drop ``x``, as the stages of the
-            mmmod backbones do (they set it); :func:`set_inplace` switches a
-            whole model. Default False.
+        reduction: the selector's squeeze ratio r (C // r hidden units).
     """
 
     def __init__(self,
@@ -124,8 +127,7 @@ class MoDBlock(nn.Module):
                  block: Callable[[int], nn.Module],
                  c: int = 64,
                  fusion: str = 'first-k',
-                 reduction: int = 16,
-                 inplace: bool = False):
+                 reduction: int = 16):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(
@@ -136,110 +138,109 @@ class MoDBlock(nn.Module):
         self.c = c
         self.k = mod_channels(channels, c)
         self.fusion = fusion
-        # for the fusion kernel: the first channel written to, or -1 for
-        # each back where it came from ('original')
+        # mmmod::fuse_channels' target: the first channel written to, or -1
+        # for each back where it came from ('original')
         self._fusion_offset = {
             'first-k': 0,
             'last-k': channels - self.k
         }.get(fusion, -1)
-        self.inplace = inplace
         self.selector = ChannelSelector(channels, reduction)
         self.block = block(self.k)
-        self._folded = None  # see _folded_block
+        self.deploy = False
 
     def select(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Scores (N, k) and indices (N, k) of the chosen channels, best
         first."""
-        # Rank the logits: the same order as the sigmoid scores, but a
-        # trained selector saturates its sigmoid (many channels at exactly
-        # 1.0 in float32), and top-k's tie-breaking would then choose.
-        logits, idx = self.selector.logits(x).topk(self.k, dim=1)
-        return logits.sigmoid(), idx
+        _, scores, idx = self._select_channels(x)
+        return scores, idx
+
+    def _select_channels(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        # The logits are ranked, not the sigmoid scores: a trained selector
+        # saturates its sigmoid (many channels at exactly 1.0 in float32),
+        # and top-k's tie-breaking would then choose.
+        fc1, fc2 = self.selector.fc1, self.selector.fc2
+        return select_channels(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
+                               self.k)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_channels(x, self.channels, 'MoDBlock')
-        # Exporters and compilers get the reference graph (standard ops, no
-        # in-place writes: inductor fuses it by itself). Conditions ordered
-        # cheapest first: at batch 1 they are a visible share of the block.
-        if (not torch.is_grad_enabled() and not self.training
-                and kernels is not None and x.is_cpu
-                and x.dtype == torch.float32
-                and (x.is_contiguous()
-                     or x.is_contiguous(memory_format=torch.channels_last))
-                and not torch.jit.is_tracing()
-                and not torch.compiler.is_compiling()):
-            return self.forward_inference(x)
-        return self.forward_plain(x)
+        x_k, scores, idx = self._select_channels(x)
+        # scaling by the scores gives the selector its gradient
+        return fuse_channels(x, self.block(x_k), scores, idx,
+                             self._fusion_offset)
 
-    def forward_plain(self, x: Tensor) -> Tensor:
-        """The reference implementation: the definition, op for op."""
-        scores, idx = self.select(x)
-        idx = _expand_index(idx, x)
-        y = self.block(x.gather(1, idx)) * scores[:, :, None, None]
-        k = self.k
-        if self.fusion == 'first-k':
-            return torch.cat([x[:, :k] + y, x[:, k:]], dim=1)
-        if self.fusion == 'last-k':
-            return torch.cat([x[:, :-k], x[:, -k:] + y], dim=1)
-        return x.scatter_add(1, idx, y)
+    def switch_to_deploy(self) -> 'MoDBlock':
+        """Folds each BatchNorm of the Conv-Block into the conv before it,
+        for inference (one-way, as RepVGG's ``switch_to_deploy``); returns
+        the block.
 
-    def forward_inference(self, x: Tensor) -> Tensor:
-        """:meth:`forward_plain` for eval mode without autograd (nothing
-        here records gradients), on a float32 CPU map, contiguous or
-        channels-last: a compiled kernel for selector, top-k and gather,
-        the BN-folded Conv-Block, and a kernel for the scaled fusion."""
-        fc1, fc2 = self.selector.fc1, self.selector.fc2
-        x_k, scores, idx = kernels.select_gather(x, fc1.weight, fc1.bias,
-                                                 fc2.weight, fc2.bias, self.k)
-        y = self._folded_block()(x_k)
-        out = x if self.inplace else x.clone()
-        return kernels.scale_add_(out, y, scores, idx, self._fusion_offset)
-
-    def _folded_block(self) -> Callable[[Tensor], Tensor]:
-        """The forward of the Conv-Block with BN folded
-        (:func:`fold_for_inference`). Rebuilt when the block's tensors are
-        changed in place (their version counters), and after ``train()`` /
-        ``eval()``, ``load_state_dict`` and ``.to()``, which drop it: call
-        ``eval()`` again after replacing modules or parameters by hand."""
-        cached = self._folded
-        if cached is None or cached[2] != kernels.version_sum(cached[1]):
-            tensors = [*self.block.parameters(), *self.block.buffers()]
-            # A plain tuple: not a registered submodule, not in state_dict.
-            # The bound forward skips nn.Module.__call__ (no hooks here).
-            cached = (fold_for_inference(self.block).forward, tensors,
-                      kernels.version_sum(tensors))
-            self._folded = cached
-        return cached[0]
+        The block must be in eval mode; afterwards it stays there:
+        ``train()`` raises. Calls again are no-ops.
+        """
+        if self.training:
+            raise RuntimeError('MoDBlock.switch_to_deploy: call eval() '
+                               'first (BN folding uses the running '
+                               'statistics)')
+        if not self.deploy:
+            self.block = fold_conv_bn(self.block)
+            self.deploy = True
+        return self
 
     def train(self, mode: bool = True) -> 'MoDBlock':
-        self._folded = None
+        if mode and getattr(self, 'deploy', False):
+            raise RuntimeError(
+                'MoDBlock: this block was converted for deployment '
+                '(switch_to_deploy folded its BN layers) and cannot train')
         return super().train(mode)
-
-    def __getstate__(self):  # pickle and deepcopy: no cache
-        return {**self.__dict__, '_folded': None}
-
-    def _apply(self, *args, **kwargs):
-        self._folded = None
-        return super()._apply(*args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._folded = None
-        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f'channels={self.channels}, c={self.c}, k={self.k}, '
-                f'fusion={self.fusion!r}, inplace={self.inplace}')
+                f'fusion={self.fusion!r}, deploy={self.deploy}')
 
 
-def set_inplace(model: nn.Module, inplace: bool = True) -> nn.Module:
-    """Sets ``inplace`` (see :class:`MoDBlock`) on every MoD block of
-    ``model``; returns ``model``.
+def fold_conv_bn(module: nn.Module) -> nn.Module:
+    """Folds every ``BatchNorm2d`` that takes the output of a ``Conv2d`` (and
+    nothing else does) into that conv, in place, and puts ``nn.Identity`` in
+    the BN's place; returns ``module``, in eval mode.
 
-    Safe for the mmmod backbones, whose stages hand a block's output to the
-    next block only; not if something else keeps the input of a MoD block
-    (e.g. a forward hook on the block before it).
+    The pairs are read from ``module``'s dataflow (a ``torch.fx`` trace of
+    its forward, optional arguments at their defaults); a module that does
+    not trace is left as it is.
     """
+    module.eval()
+    params = list(inspect.signature(module.forward).parameters.values())
+    defaults = {p.name: p.default for p in params[1:]
+                if p.default is not inspect.Parameter.empty}
+    try:
+        graph = fx.Tracer().trace(module, concrete_args=defaults)
+    except fx.proxy.TraceError:  # control flow on tensor values
+        return module
+    for node in graph.nodes:
+        conv_node = node.args[0] if node.args else None
+        if not (node.op == 'call_module'
+                and isinstance(conv_node, fx.Node)
+                and conv_node.op == 'call_module'
+                and len(conv_node.users) == 1):
+            continue
+        bn = module.get_submodule(node.target)
+        conv = module.get_submodule(conv_node.target)
+        if (type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                and type(conv) is nn.Conv2d):
+            _set_submodule(module, conv_node.target,
+                           fuse_conv_bn_eval(conv, bn))
+            _set_submodule(module, node.target, nn.Identity())
+    return module
+
+
+def _set_submodule(root: nn.Module, target: str, value: nn.Module) -> None:
+    parent, _, name = target.rpartition('.')
+    setattr(root.get_submodule(parent) if parent else root, name, value)
+
+
+def switch_to_deploy(model: nn.Module) -> nn.Module:
+    """Calls :meth:`MoDBlock.switch_to_deploy` on every MoD block of
+    ``model`` (which must be in eval mode); returns ``model``."""
     for m in model.modules():
         if isinstance(m, MoDBlock):
-            m.inplace = inplace
+            m.switch_to_deploy()
     return model

@@ -65,8 +65,7 @@ class MobileNetV2MoD(MobileNetV2):
                         out_channels,
                         lambda k: InvertedResidual(k, k, 1, **block_kwargs),
                         c=self.c,
-                        fusion=self.fusion,
-                        inplace=True))  # as in ResNetMoD
+                        fusion=self.fusion))
             else:
                 layers.append(
                     InvertedResidual(out_channels, out_channels, 1,

@@ -58,8 +58,7 @@ class VGGMoD(VGG):
                         conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                         act_cfg=act_cfg),
                     c=c,
-                    fusion=fusion,
-                    inplace=True)  # as in ResNetMoD
+                    fusion=fusion)
 
     def forward(self, x):
         check_input_channels(x, 3, 'VGGMoD')

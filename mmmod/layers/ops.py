@@ -1,0 +1,206 @@
+"""The MoD block's two ops, registered with PyTorch's dispatcher as
+``torch.ops.mmmod.*`` (as torchvision registers ``nms`` and ``roi_align``).
+
+``select_channels(x, w1, b1, w2, b2, k) -> (x_k, scores, idx)``
+    The selector and the gather of Figure 2: channel means -> Linear -> ReLU
+    -> Linear gives the logits (N, C); ``idx`` are the ``k`` largest,
+    largest first, exactly as ``torch.topk`` chooses them (ties included);
+    ``scores`` their sigmoids (N, k); ``x_k`` the chosen channels
+    (N, k, H, W).
+``fuse_channels(x, y, scores, idx, offset) -> out``
+    A new map: ``x`` with ``y * scores`` added to ``k`` of its channels,
+    ``offset .. offset + k - 1``, or each back at ``idx`` when ``offset < 0``.
+    ``x`` is never written.
+
+Each op has, here or in ``csrc/ops.cpp``:
+
+* its schema (below);
+* a CPU kernel in C++ (``mmmod._ext``, when built, unless the environment
+  says ``MMMOD_WITH_EXT=0``): an eager call costs a dispatcher call, not a
+  Python function;
+* a composite implementation in standard ATen ops (``_*_composite``): the
+  kernel for every other device (CUDA) and for installs without the
+  extension (``MMMOD_WITH_EXT=0``), and the decomposition inductor compiles;
+* a fake implementation, for ``torch.compile`` and ``torch.export``;
+* autograd (its backward in ATen ops), so that training runs the same ops;
+* an ONNX translation to standard ops (TopK, GatherElements, Concat, ...)
+  for :func:`mmmod.deployment.export` (:data:`ONNX_TRANSLATIONS`).
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# flexible_layout: the kernels take NCHW and NHWC maps as they come (and
+# keep the layout), so inductor need not convert its channels-last maps
+_TAGS = (torch.Tag.flexible_layout, torch.Tag.pt2_compliant_tag)
+_lib = torch.library.Library('mmmod', 'DEF')
+_lib.define('select_channels(Tensor x, Tensor w1, Tensor? b1, Tensor w2, '
+            'Tensor? b2, int k) -> (Tensor, Tensor, Tensor)', tags=_TAGS)
+_lib.define('fuse_channels(Tensor x, Tensor y, Tensor scores, Tensor idx, '
+            'int offset) -> Tensor', tags=_TAGS)
+
+_ext = None
+# MMMOD_WITH_EXT=0 (as for setup.py): run without the C++ kernels even where
+# they are built
+if os.environ.get('MMMOD_WITH_EXT', '1') != '0':
+    try:  # the CPU kernels (TORCH_LIBRARY_IMPL in csrc/ops.cpp)
+        from mmmod import _ext
+    except ImportError:  # never built, or built with MMMOD_WITH_EXT=0
+        pass
+
+#: Whether the CPU kernels of ``mmmod._ext`` serve the ops on CPU.
+HAS_EXT = _ext is not None
+
+
+def _layout(x: Tensor) -> torch.memory_format:
+    """The layout the ops give their outputs: x's if channels-last, else
+    contiguous (as the C++ kernels decide)."""
+    if not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _expand(idx: Tensor, x: Tensor) -> Tensor:
+    """(N, k) channel indices -> (N, k, H, W), for gather / scatter."""
+    return idx[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+
+
+def selector_logits(x: Tensor, w1: Tensor, b1, w2: Tensor, b2) -> Tensor:
+    """Channel means -> Linear -> ReLU -> Linear: the logits (N, C)."""
+    return F.linear(F.linear(x.mean((2, 3)), w1, b1).relu(), w2, b2)
+
+
+def _select_channels_composite(x, w1, b1, w2, b2, k):
+    logits, idx = selector_logits(x, w1, b1, w2, b2).topk(k, dim=1)
+    x_k = x.gather(1, _expand(idx, x)).contiguous(memory_format=_layout(x))
+    return x_k, logits.sigmoid(), idx
+
+
+def _fuse_channels_composite(x, y, scores, idx, offset):
+    y = y * scores[:, :, None, None]
+    if offset < 0:
+        out = x.scatter_add(1, _expand(idx, x), y)
+    else:  # a slice_scatter, not a cat: inductor writes k channels in place
+        k = y.shape[1]
+        out = x.slice_scatter(
+            x[:, offset:offset + k] + y, dim=1, start=offset, end=offset + k)
+    return out.contiguous(memory_format=_layout(x))
+
+
+def _check_select(x, k):
+    torch._check(x.dim() == 4, lambda: 'mmmod::select_channels: x must have '
+                 f'shape (N, C, H, W), got {tuple(x.shape)}')
+    torch._check(1 <= k <= x.shape[1], lambda: 'mmmod::select_channels: '
+                 f'k={k} is not in [1, {x.shape[1]}]')
+
+
+def _check_fuse(x, y, scores, idx, offset):
+    torch._check(
+        x.dim() == 4 and y.dim() == 4 and y.shape[1] <= x.shape[1]
+        and y.shape[0] == x.shape[0] and y.shape[2:] == x.shape[2:],
+        lambda: f'mmmod::fuse_channels: y of shape {tuple(y.shape)} does '
+        f'not fit x of shape {tuple(x.shape)}')
+    n, k = y.shape[:2]
+    torch._check(tuple(scores.shape) == (n, k), lambda: 'mmmod::'
+                 f'fuse_channels: scores must have shape ({n}, {k}), got '
+                 f'{tuple(scores.shape)}')
+    torch._check(
+        idx.dtype == torch.long and tuple(idx.shape) == (n, k),
+        lambda: f'mmmod::fuse_channels: idx must be int64 of shape ({n}, '
+        f'{k}), got {idx.dtype} {tuple(idx.shape)}')
+    torch._check(offset < 0 or offset + k <= x.shape[1],
+                 lambda: f'mmmod::fuse_channels: offset={offset} + k={k} '
+                 f'exceeds the {x.shape[1]} channels of x')
+
+
+def _select_channels(x, w1, b1, w2, b2, k):
+    _check_select(x, k)
+    return _select_channels_composite(x, w1, b1, w2, b2, k)
+
+
+def _fuse_channels(x, y, scores, idx, offset):
+    _check_fuse(x, y, scores, idx, offset)
+    return _fuse_channels_composite(x, y, scores, idx, offset)
+
+
+# every device's kernel, but for CPU's when mmmod._ext is built
+_lib.impl('select_channels', _select_channels, 'CompositeExplicitAutograd')
+_lib.impl('fuse_channels', _fuse_channels, 'CompositeExplicitAutograd')
+
+
+@torch.library.register_fake('mmmod::select_channels')
+def _select_channels_fake(x, w1, b1, w2, b2, k):
+    _check_select(x, k)
+    n, _, h, w = x.shape
+    x_k = torch.empty((n, k, h, w), dtype=x.dtype, device=x.device,
+                      memory_format=_layout(x))
+    return x_k, x.new_empty((n, k)), x.new_empty((n, k), dtype=torch.long)
+
+
+@torch.library.register_fake('mmmod::fuse_channels')
+def _fuse_channels_fake(x, y, scores, idx, offset):
+    _check_fuse(x, y, scores, idx, offset)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device,
+                       memory_format=_layout(x))
+
+
+def _select_setup(ctx, inputs, output):
+    x, w1, b1, w2, b2, _ = inputs
+    _, scores, idx = output
+    ctx.has_bias = (b1 is not None, b2 is not None)
+    ctx.mark_non_differentiable(idx)
+    ctx.save_for_backward(x, w1, b1, w2, scores, idx)
+
+
+def _select_backward(ctx, g_xk, g_scores, _):
+    """The selector's gradient (through the chosen logits) plus the
+    gather's (the chosen channels' gradients, back where they came from)."""
+    x, w1, b1, w2, scores, idx = ctx.saved_tensors
+    mean = x.mean((2, 3))
+    pre = F.linear(mean, w1, b1)
+    g_logits = scores.new_zeros(pre.shape[0], w2.shape[0]).scatter(
+        1, idx, g_scores * scores * (1 - scores))
+    g_pre = (g_logits @ w2) * (pre > 0)  # ReLU's gradient, as ATen's
+    g_mean = g_pre @ w1
+    g_x = (g_mean / (x.shape[2] * x.shape[3]))[:, :, None, None].expand(
+        x.shape).contiguous(memory_format=_layout(x))
+    g_x = g_x.scatter_add(1, _expand(idx, x), g_xk)
+    return (g_x, g_pre.t() @ mean, g_pre.sum(0) if ctx.has_bias[0] else None,
+            g_logits.t() @ pre.relu(),
+            g_logits.sum(0) if ctx.has_bias[1] else None, None)
+
+
+def _fuse_setup(ctx, inputs, output):
+    _, y, scores, idx, offset = inputs
+    ctx.offset = offset
+    ctx.save_for_backward(y, scores, idx)
+
+
+def _fuse_backward(ctx, g_out):
+    y, scores, idx = ctx.saved_tensors
+    k, offset = y.shape[1], ctx.offset
+    g_target = (g_out.gather(1, _expand(idx, g_out)) if offset < 0 else
+                g_out[:, offset:offset + k])
+    return (g_out, g_target * scores[:, :, None, None],
+            (g_target * y).sum((2, 3)), None, None)
+
+
+torch.library.register_autograd(
+    'mmmod::select_channels', _select_backward, setup_context=_select_setup)
+torch.library.register_autograd(
+    'mmmod::fuse_channels', _fuse_backward, setup_context=_fuse_setup)
+
+
+def select_channels(x: Tensor, w1: Tensor, b1, w2: Tensor, b2,
+                    k: int):
+    """``torch.ops.mmmod.select_channels`` (see the module docstring)."""
+    return torch.ops.mmmod.select_channels(x, w1, b1, w2, b2, k)
+
+
+def fuse_channels(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
+                  offset: int) -> Tensor:
+    """``torch.ops.mmmod.fuse_channels`` (see the module docstring)."""
+    return torch.ops.mmmod.fuse_channels(x, y, scores, idx, offset)

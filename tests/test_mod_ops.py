@@ -1,0 +1,518 @@
+"""The MoD block's registered ops (mmmod/layers/ops.py, csrc/ops.cpp): the C++
+CPU kernels give bit for bit what the composite (pure-PyTorch) implementation
+gives, on fuzzed shapes, layouts, fusions, batch sizes and ties; the block's
+eval output equals the training graph's in eager, torch.compile, torch.export
+and ONNX Runtime; every test that is about a fast path asserts it ran."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
+
+from mmmod.layers import FUSIONS, HAS_EXT, MoDBlock, ops
+
+CL = torch.channels_last
+LAYOUTS = {
+    'contiguous': lambda x: x.contiguous(),
+    'channels_last': lambda x: x.contiguous(memory_format=CL),
+    'strided': lambda x: torch.cat([x, x], 3)[..., ::2],  # neither
+}
+OFFSET = {'first-k': lambda c, k: 0, 'last-k': lambda c, k: c - k,
+          'original': lambda c, k: -1}
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason='mmmod._ext not built')
+
+
+def cpu_kernel_registered(op):
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f'mmmod::{op}',
+                                                          'CPU')
+
+
+def ops_run(fn):
+    """The names of the ops ``fn()`` called (torch.profiler)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+def conv_block(k):
+    return nn.Sequential(
+        nn.Conv2d(k, k, 3, padding=1), nn.BatchNorm2d(k), nn.ReLU())
+
+
+def make_block(channels=32, c=8, fusion='first-k', seed=0):
+    torch.manual_seed(seed)
+    block = MoDBlock(channels, conv_block, c=c, fusion=fusion, reduction=4)
+    with torch.no_grad():  # non-trivial BN statistics for eval mode
+        block.block[1].running_mean.uniform_(-1, 1)
+        block.block[1].running_var.uniform_(0.5, 2)
+    return block.eval()
+
+
+def training_graph(block, x):
+    """The block's output as autograd records it, from the composite
+    implementation: the definition the fast paths must reproduce."""
+    x = x.detach().requires_grad_()
+    fc1, fc2 = block.selector.fc1, block.selector.fc2
+    with torch.enable_grad():
+        x_k, scores, idx = ops._select_channels_composite(
+            x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, block.k)
+        out = ops._fuse_channels_composite(x, block.block(x_k), scores, idx,
+                                           block._fusion_offset)
+    assert out.requires_grad
+    return out.detach(), idx
+
+
+def weights(kind, channels, hidden):
+    """Selector weights: random, trained-like (saturated sigmoids), with
+    exact ties (repeated rows) or near ties (logits one ulp apart)."""
+    w1 = torch.randn(hidden, channels) / channels**0.5
+    w2 = torch.randn(channels, hidden)
+    if kind == 'saturated':
+        w1, w2 = w1.abs() * 40, w2 * 40
+    elif kind == 'exact-ties':
+        w2[1::2] = w2[::2][:w2[1::2].shape[0]]
+    elif kind == 'near-ties':
+        w1 = w1.abs()
+        base = torch.full((channels, ), 0.5)
+        for i in range(1, channels):  # 0.5, and one ulp above, alternating
+            base[i] = torch.nextafter(base[i - 1], torch.tensor(1.0)) \
+                if i % 2 else base[i - 2]
+        w2 = base[:, None].expand(-1, hidden).contiguous()
+    return w1, w2
+
+
+# ---------------------------------------------------------------- the ops
+
+
+@needs_ext
+@pytest.mark.parametrize('layout', sorted(LAYOUTS))
+@pytest.mark.parametrize('kind',
+                         ['random', 'saturated', 'exact-ties', 'near-ties'])
+def test_cpu_kernels_equal_the_composite(layout, kind):
+    """Fuzzed shapes (odd, 1x1), c, batch 1..8, every fusion: the kernels'
+    outputs are the composite's, bit for bit, and the kernels ran."""
+    gen = torch.Generator().manual_seed(hash((layout, kind)) % 2**31)
+    for trial in range(12):
+        n = int(torch.randint(1, 9, (), generator=gen))
+        channels = int(torch.randint(2, 65, (), generator=gen))
+        h, w = (int(v) for v in torch.randint(1, 8, (2, ), generator=gen))
+        k = int(torch.randint(1, channels + 1, (), generator=gen))
+        hidden = max(1, channels // 4)
+        torch.manual_seed(trial)
+        x = LAYOUTS[layout](torch.randn(n, channels, h, w))
+        w1, w2 = weights(kind, channels, hidden)
+        b1 = torch.randn(hidden) if trial % 2 else None
+        args = (x, w1, b1, w2, None, k)
+        got = torch.ops.mmmod.select_channels(*args)
+        want = ops._select_channels_composite(*args)
+        for g, r in zip(got, want):
+            assert torch.equal(g, r), (trial, n, channels, h, w, k)
+        x_k, scores, idx = got
+        assert x_k.is_contiguous(memory_format=ops._layout(x))
+        y = torch.randn_like(x_k)
+        for fusion in FUSIONS:
+            fargs = (x, y, scores, idx, OFFSET[fusion](channels, k))
+            assert torch.equal(
+                torch.ops.mmmod.fuse_channels(*fargs),
+                ops._fuse_channels_composite(*fargs)), (trial, fusion)
+    called = ops_run(lambda: torch.ops.mmmod.fuse_channels(*fargs))
+    assert 'mmmod::fuse_channels' in called
+    # the composite's ops are not what ran: the C++ kernel did
+    assert not called & {'aten::slice_scatter', 'aten::scatter_add'}
+
+
+@needs_ext
+def test_cpu_kernels_are_registered_with_the_dispatcher():
+    for op in ('select_channels', 'fuse_channels'):
+        assert cpu_kernel_registered(op)
+    x = torch.randn(1, 16, 3, 3)
+    w1, w2 = torch.randn(4, 16), torch.randn(16, 4)
+    called = ops_run(lambda: torch.ops.mmmod.select_channels(
+        x, w1, None, w2, None, 4))
+    assert 'mmmod::select_channels' in called
+    assert 'aten::gather' not in called  # the composite gathers
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_opcheck(layout):
+    """torch.library.opcheck: schema, fake tensors (shapes and strides),
+    autograd registration and AOT dispatch agree with the kernels."""
+    torch.manual_seed(0)
+    x = LAYOUTS[layout](torch.randn(2, 8, 3, 5)).requires_grad_()
+    w1, w2 = torch.randn(2, 8), torch.randn(8, 2)
+    b1 = torch.randn(2)
+    for t in (w1, w2, b1):
+        t.requires_grad_()
+    assert all(v == 'SUCCESS' for v in torch.library.opcheck(
+        torch.ops.mmmod.select_channels.default,
+        (x, w1, b1, w2, None, 3)).values())
+    x_k, s, idx = torch.ops.mmmod.select_channels(x.detach(), w1.detach(),
+                                                  None, w2.detach(), None, 3)
+    y = torch.randn_like(x_k).requires_grad_()
+    s = s.detach().requires_grad_()
+    for offset in (0, 5, -1):
+        assert all(v == 'SUCCESS' for v in torch.library.opcheck(
+            torch.ops.mmmod.fuse_channels.default,
+            (x, y, s, idx, offset)).values())
+
+
+def test_without_the_extension_in_a_subprocess():
+    """MMMOD_WITH_EXT=0: no C++ kernel, and the ops (composite on CPU)
+    still train and infer as with it."""
+    script = textwrap.dedent('''
+        import torch
+        from mmmod.layers import HAS_EXT, MoDBlock
+        from mmmod.layers.ops import _fuse_channels_composite
+        import torch.nn as nn
+        assert not HAS_EXT
+        assert not torch._C._dispatch_has_kernel_for_dispatch_key(
+            'mmmod::fuse_channels', 'CPU')
+        torch.manual_seed(0)
+        for fusion in ('first-k', 'last-k', 'original'):
+            block = MoDBlock(32, lambda k: nn.Conv2d(k, k, 3, padding=1),
+                             c=8, fusion=fusion, reduction=4)
+            x = torch.randn(2, 32, 5, 5, requires_grad=True)
+            block(x).square().sum().backward()
+            assert x.grad.abs().sum() > 0
+            assert block.selector.fc1.weight.grad.abs().sum() > 0
+            block.eval()
+            with torch.no_grad():
+                x_k, s, idx = block._select_channels(x)
+                want = _fuse_channels_composite(x, block.block(x_k), s, idx,
+                                                block._fusion_offset)
+                assert torch.equal(block(x), want)
+        print('ok')
+    ''')
+    env = dict(os.environ, MMMOD_WITH_EXT='0')
+    res = subprocess.run([sys.executable, '-c', script], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == 'ok'
+
+
+def test_bad_arguments_get_clear_errors():
+    x = torch.randn(1, 8, 2, 2)
+    w1, w2 = torch.randn(2, 8), torch.randn(8, 2)
+    with pytest.raises(RuntimeError, match='k=9 is not in'):
+        torch.ops.mmmod.select_channels(x, w1, None, w2, None, 9)
+    y, s = torch.randn(1, 2, 2, 2), torch.rand(1, 2)
+    with pytest.raises(RuntimeError, match='offset=7'):
+        torch.ops.mmmod.fuse_channels(x, y, s, torch.zeros(1, 2).long(), 7)
+    with pytest.raises(RuntimeError, match='does not fit'):
+        torch.ops.mmmod.fuse_channels(x, torch.randn(1, 2, 3, 2), s,
+                                      torch.zeros(1, 2).long(), 0)
+    with pytest.raises(RuntimeError, match=r'scores must have shape \(1, 2\)'):
+        torch.ops.mmmod.fuse_channels(x, y, torch.rand(2),
+                                      torch.zeros(1, 2).long(), 0)
+    with pytest.raises(RuntimeError, match='idx must be int64'):
+        torch.ops.mmmod.fuse_channels(x, y, s, torch.zeros(1, 2), 0)
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_fuse_adds_up_repeated_indices(layout):
+    """As scatter_add: a channel named twice in idx gets both additions."""
+    x = LAYOUTS[layout](torch.randn(2, 8, 3, 3))
+    y = LAYOUTS[layout](torch.randn(2, 2, 3, 3))
+    s, idx = torch.rand(2, 2), torch.tensor([[3, 3], [0, 5]])
+    got = torch.ops.mmmod.fuse_channels(x, y, s, idx, -1)
+    assert torch.allclose(got, ops._fuse_channels_composite(x, y, s, idx, -1))
+    assert torch.allclose(got[0, 3], x[0, 3] + y[0, 0] * s[0, 0] +
+                          y[0, 1] * s[0, 1])
+
+
+@needs_ext
+def test_fuse_rejects_channel_indices_out_of_range():
+    x, y = torch.randn(1, 8, 2, 2), torch.randn(1, 2, 2, 2)
+    s = torch.rand(1, 2)
+    with pytest.raises(RuntimeError, match=r'index 8 is not in \[0, 8\)'):
+        torch.ops.mmmod.fuse_channels(x, y, s, torch.tensor([[1, 8]]), -1)
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_gradients_equal_the_composite(fusion):
+    """The ops' backward (register_autograd) gives autograd's gradients of
+    the composite, for the map and every weight."""
+    block = make_block(fusion=fusion).train()
+    block.selector.fc1.bias = nn.Parameter(torch.randn(8))
+    x = torch.randn(3, 32, 5, 4)
+    grads = []
+    for run in ('ops', 'composite'):
+        block.zero_grad()
+        xr = x.clone().requires_grad_()
+        if run == 'ops':
+            out = block(xr)
+        else:
+            fc1, fc2 = block.selector.fc1, block.selector.fc2
+            x_k, s, idx = ops._select_channels_composite(
+                xr, fc1.weight, fc1.bias, fc2.weight, fc2.bias, block.k)
+            out = ops._fuse_channels_composite(xr, block.block(x_k), s, idx,
+                                               block._fusion_offset)
+        weight = torch.linspace(-1, 1, out.numel()).view_as(out)
+        (out * weight).sum().backward()
+        grads.append([xr.grad] + [p.grad for p in block.parameters()])
+    for g, r in zip(*grads):
+        assert torch.allclose(g, r, atol=1e-5, rtol=1e-4)
+
+
+def test_gradcheck_of_the_ops():
+    torch.manual_seed(0)
+    dbl = dict(dtype=torch.double)
+    x = torch.randn(2, 6, 3, 3, **dbl, requires_grad=True)
+    w1 = torch.randn(3, 6, **dbl, requires_grad=True)
+    b1 = torch.randn(3, **dbl, requires_grad=True)
+    w2 = torch.randn(6, 3, **dbl, requires_grad=True)
+    b2 = torch.randn(6, **dbl, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda *a: torch.ops.mmmod.select_channels(*a, 3)[:2],
+        (x, w1, b1, w2, b2))
+    y = torch.randn(2, 3, 3, 3, **dbl, requires_grad=True)
+    s = torch.rand(2, 3, **dbl, requires_grad=True)
+    idx = torch.tensor([[5, 0, 2], [1, 4, 3]])
+    for offset in (-1, 0, 3):
+        assert torch.autograd.gradcheck(
+            lambda x, y, s: torch.ops.mmmod.fuse_channels(x, y, s, idx,
+                                                          offset), (x, y, s))
+
+
+# ---------------------------------------------------- the block, eval vs train
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('kind', ['random', 'saturated', 'exact-ties',
+                                  'near-ties'])
+def test_eval_equals_training_graph(fusion, layout, kind):
+    block = make_block(fusion=fusion)
+    with torch.no_grad():
+        w1, w2 = weights(kind, 32, 8)
+        block.selector.fc1.weight.copy_(w1)
+        block.selector.fc2.weight.copy_(w2)
+    for batch in (1, 3, 8):
+        x = LAYOUTS[layout](torch.randn(batch, 32, 5, 3))
+        with torch.no_grad():
+            _, idx = block.select(x)
+            out = block(x)
+        want, want_idx = training_graph(block, x)
+        assert torch.equal(idx, want_idx)
+        assert torch.allclose(out, want, atol=1e-5, rtol=0)
+    called = ops_run(lambda: block(x))
+    assert {'mmmod::select_channels', 'mmmod::fuse_channels'} <= called
+
+
+def test_input_is_never_written():
+    block = make_block(fusion='first-k')
+    for train in (False, True):
+        block.train(train)
+        x = torch.randn(2, 32, 4, 4)
+        kept = x.clone()
+        out = block(x)
+        assert torch.equal(x, kept)
+        assert out.data_ptr() != x.data_ptr()
+
+
+def test_empty_map_matches_the_reference_in_a_subprocess():
+    """H*W == 0 (the old kernel died of SIGFPE): the same result or the
+    same error as the composite."""
+    script = textwrap.dedent('''
+        import torch, torch.nn as nn
+        from mmmod.layers import MoDBlock, ops
+        block = MoDBlock(32, lambda k: nn.Conv2d(k, k, 1), c=8).eval()
+        fc1, fc2 = block.selector.fc1, block.selector.fc2
+        def ref(x):
+            x_k, s, i = ops._select_channels_composite(
+                x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, block.k)
+            return ops._fuse_channels_composite(x, block.block(x_k), s, i, 0)
+        for shape in [(1, 32, 0, 5), (2, 32, 3, 0), (0, 32, 4, 4)]:
+            x = torch.randn(shape)
+            results = []
+            for f in (block, ref):
+                try:
+                    with torch.no_grad():
+                        results.append(f(x))
+                except Exception as e:
+                    results.append(type(e))
+            a, b = results
+            assert (torch.equal(a, b) if isinstance(a, torch.Tensor)
+                    else a is b), (shape, a, b)
+        print('ok')
+    ''')
+    res = subprocess.run([sys.executable, '-c', script], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stderr)
+    assert res.stdout.strip() == 'ok'
+
+
+def test_concurrent_first_forwards():
+    """Two threads doing forwards on one model, each after ``eval()`` (a
+    first forward: the old code traced the block with torch.fx then,
+    patching ``nn.Module.__call__`` for the whole process), and an unrelated
+    model in a third: no crash, the single-threaded results."""
+    import threading
+    block = make_block(fusion='original')
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1),
+                          nn.ReLU()).eval()
+    xs = [torch.randn(2, 32, 6, 6) for _ in range(2)]
+    xo = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        want = [block(x) for x in xs] + [other(xo)]
+    got, errors, done = [[], [], []], [], threading.Event()
+
+    def run(i, model, x):
+        try:
+            with torch.no_grad():
+                while not done.is_set():
+                    if i < 2:
+                        model.eval()
+                    got[i].append(model(x))
+                    if i < 2 and len(got[i]) == 30:
+                        return
+        except Exception as e:  # noqa: B902  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=a) for a in
+               [(0, block, xs[0]), (1, block, xs[1]), (2, other, xo)]]
+    for t in threads:
+        t.start()
+    for t in threads[:2]:
+        t.join()
+    done.set()
+    threads[2].join()
+    assert not errors
+    for outs, w in zip(got, want):
+        assert outs and all(torch.equal(o, w) for o in outs)
+
+
+def test_model_built_in_inference_mode_works_in_eval():
+    with torch.inference_mode():
+        block = make_block()
+        x = torch.randn(2, 32, 4, 4)
+    for ctx in (torch.inference_mode, torch.no_grad):
+        with ctx():
+            out = block(x)
+    # the same weights (same seed), built normally
+    want, _ = training_graph(make_block(), x.clone())
+    assert torch.allclose(out, want, atol=1e-5)
+
+
+def test_weights_edited_through_data_take_effect():
+    """What mmengine's EMA does: ``p.data.copy_(...)`` between forwards."""
+    block = make_block()
+    x = torch.randn(2, 32, 4, 4)
+    with torch.no_grad():
+        before = block(x)
+        block.block[0].weight.data.mul_(-2)
+        block.selector.fc2.weight.data.copy_(
+            torch.randn_like(block.selector.fc2.weight))
+        after = block(x)
+    want, _ = training_graph(block, x)
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, want, atol=1e-5)
+
+
+def test_bn_in_train_mode_inside_an_eval_model_updates_its_stats():
+    """AdaBN: BN layers set back to train mode inside an eval model."""
+    block = make_block()
+    bn = block.block[1]
+    bn.train()
+    before = bn.running_mean.clone()
+    with torch.no_grad():
+        block(torch.randn(4, 32, 4, 4) + 3)
+    assert not torch.equal(bn.running_mean, before)
+
+
+def test_hooks_fire_and_see_their_input_unchanged():
+    block = make_block()
+    seen = {}
+    def inner_hook(module, args, out):
+        seen['inner'] = out.shape
+
+    def keep_input(module, args):
+        seen['input'] = args[0], args[0].clone()
+
+    block.block.register_forward_hook(inner_hook)
+    block.register_forward_pre_hook(keep_input)
+    with torch.no_grad():
+        block(torch.randn(1, 32, 4, 4))
+    assert seen['inner'] == (1, 4, 4, 4)
+    kept, copy = seen['input']
+    assert torch.equal(kept, copy)
+
+
+def test_backbone_leaves_the_input_of_its_mod_blocks_alone():
+    """The mmmod backbones' MoD blocks return new tensors: a hook that keeps
+    a block's input sees it unchanged (the old backbones set
+    ``inplace=True`` and overwrote it)."""
+    from mmmod.models import ResNetMoD_CIFAR
+    model = ResNetMoD_CIFAR(depth=18)
+    model.eval()
+    mod_block = next(m for m in model.modules() if isinstance(m, MoDBlock))
+    seen = []
+    mod_block.register_forward_pre_hook(
+        lambda m, args: seen.append((args[0], args[0].clone())) and None)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 16, 16))
+    kept, copy = seen[0]
+    assert torch.equal(kept, copy)
+
+
+# ----------------------------------------- compile, export, ONNX Runtime, CUDA
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_compiled_equals_training_graph(fusion):
+    block = make_block(fusion=fusion)
+    compiled = torch.compile(block)
+    for batch, layout in [(1, 'contiguous'), (3, 'channels_last')]:
+        x = LAYOUTS[layout](torch.randn(batch, 32, 5, 7))
+        with torch.no_grad():
+            out = compiled(x)
+        want, _ = training_graph(block, x)
+        assert torch.allclose(out, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_exported_program_keeps_the_ops_and_equals_eager(fusion):
+    block = make_block(fusion=fusion)
+    x = torch.randn(2, 32, 5, 3)
+    ep = torch.export.export(block, (x, ))
+    targets = {str(n.target) for n in ep.graph.nodes}
+    assert {'mmmod.select_channels.default',
+            'mmmod.fuse_channels.default'} <= targets
+    x = torch.randn(2, 32, 5, 3)  # another input: other channels chosen
+    want, _ = training_graph(block, x)
+    assert torch.allclose(ep.module()(x), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_onnx_runtime_equals_training_graph(fusion, tmp_path):
+    from mmmod.deployment import export, session
+    block = make_block(fusion=fusion)
+    path = str(tmp_path / 'block.onnx')
+    export(block, torch.randn(2, 32, 5, 3), path, opset=18)
+    sess = session(path)
+    for batch in (2, ):
+        x = torch.randn(batch, 32, 5, 3)
+        (got, ) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        want, _ = training_graph(block, x)
+        assert torch.allclose(torch.from_numpy(got), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_cuda_runs_the_composite(fusion):
+    block = make_block(fusion=fusion)
+    x = torch.randn(3, 32, 5, 3)
+    want, _ = training_graph(block, x)
+    block.cuda()
+    with torch.no_grad():
+        out = block(x.cuda())
+    assert torch.allclose(out.cpu(), want, atol=1e-5)
+    xc = x.cuda().requires_grad_()
+    block.train()(xc).sum().backward()
+    assert xc.grad is not None
