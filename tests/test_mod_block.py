@@ -136,16 +136,19 @@ def test_saturated_selector_still_ranks_by_logits():
     assert torch.equal(scores, torch.ones(1, 4))
 
 
-@pytest.mark.parametrize('reduction', [0, -1, 2.5, True, 65, '4', None])
+@pytest.mark.parametrize('reduction', [0, -1, 2.5, True, '4', None])
 def test_bad_reduction_is_rejected(reduction):
     with pytest.raises(ValueError, match='reduction'):
         MoDBlock(64, conv_block, reduction=reduction)
 
 
 def test_reduction_error_names_the_range():
-    with pytest.raises(ValueError, match=r'reduction=65 .*\[1, 64\]'):
-        ChannelSelector(64, reduction=65)
+    with pytest.raises(ValueError, match=r'reduction=0: .* integer >= 1'):
+        ChannelSelector(64, reduction=0)
+    # wider than the channels: one hidden unit, as an SE layer clamps
+    assert ChannelSelector(64, reduction=65).fc1.out_features == 1
     assert ChannelSelector(64, reduction=64).fc1.out_features == 1
+    assert ChannelSelector(64, reduction=16).fc1.out_features == 4
 
 
 def _mod_blocks(model):

@@ -46,24 +46,20 @@ def is_mod_position(index: int) -> bool:
     return index % 2 == 1
 
 
-def _divide(channels: int, divisor: int, name: str, what: str,
-            result: str) -> int:
-    """``channels // divisor``, for a divisor in ``[1, channels]``; else a
-    ValueError naming the argument and its range."""
-    if isinstance(divisor, bool) or not isinstance(divisor, int):
-        raise ValueError(f'{name} ({what}) must be an integer, got '
-                         f'{divisor!r}')
-    if not 1 <= divisor <= channels:
-        raise ValueError(
-            f'{name}={divisor} is out of range for {channels} channels: '
-            f'{name} must be in [1, {channels}] so that {result} = '
-            f'channels // {name} >= 1')
-    return channels // divisor
-
-
 def mod_channels(channels: int, c: int) -> int:
     """``k = channels // c``: how many channels a MoD block processes."""
-    return _divide(channels, c, 'c', 'the MoD capacity divisor', 'k')
+    _check_positive_int(c, 'c', 'the MoD capacity divisor')
+    if c > channels:  # k = 0: nothing to process, not a MoD block
+        raise ValueError(
+            f'c={c} is out of range for a MoD block on {channels} channels: '
+            f'c must be in [1, {channels}] so that k = channels // c >= 1')
+    return channels // c
+
+
+def _check_positive_int(value, name: str, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name}={value!r}: {name} ({what}) must be an '
+                         'integer >= 1')
 
 
 def check_input_channels(x: Tensor, channels: int, where: str) -> None:
@@ -73,9 +69,13 @@ def check_input_channels(x: Tensor, channels: int, where: str) -> None:
 
 
 def selector_width(channels: int, reduction: int) -> int:
-    """``channels // reduction``: the selector's hidden units."""
-    return _divide(channels, reduction, 'reduction',
-                   "the selector's squeeze ratio", 'its hidden units')
+    """``max(1, channels // reduction)``: the selector's hidden units. At
+    least one, as squeeze-and-excitation layers clamp their width (timm's
+    does): the default r = 16 on a narrow stage (the stock configs' and
+    tests' small ``base_channels``) still gives a selector."""
+    _check_positive_int(reduction, 'reduction',
+                        "the selector's squeeze ratio")
+    return max(1, channels // reduction)
 
 
 class ChannelSelector(nn.Module):
