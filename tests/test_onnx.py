@@ -41,6 +41,7 @@ def test_backbone_exports_and_runs_in_onnx_runtime(fusion, tmp_path):
     assert [o.shape for o in onnx_out] == [tuple(t.shape) for t in mine]
 
 
+@pytest.mark.e2e
 def test_export_tool_checks_and_times_against_the_baseline(tmp_path):
     results = export_tool.main([
         CONFIGS + 'resnet18-mod_8xb32_in1k.py', '--baseline',
@@ -58,6 +59,7 @@ def test_export_tool_checks_and_times_against_the_baseline(tmp_path):
         base['ort_ms']['median'] / mod['ort_ms']['median'])
 
 
+@pytest.mark.e2e
 def test_export_tool_backbone_of_a_segmentor(tmp_path):
     results = export_tool.main([
         'configs/fcn_r50mod_cityscapes.py', '--backbone', '--input-size',

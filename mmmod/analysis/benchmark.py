@@ -268,7 +268,8 @@ def _to(model, device, plan):
 
 def _onnxruntime_steps(models, x, opset):
     """Each model exported for input ``x`` and run in an ONNX Runtime
-    session with PyTorch's thread count."""
+    session with PyTorch's thread count, its threads not spinning between
+    runs (the idle sessions' would take the cores from the timed one)."""
     from mmmod.deployment import export, session
 
     steps = {}
@@ -277,7 +278,7 @@ def _onnxruntime_steps(models, x, opset):
             path = osp.join(tmp, f'{i}.onnx')
             export(model, x, path, opset)
             steps[name] = session_step(
-                session(path, torch.get_num_threads()), x)
+                session(path, torch.get_num_threads(), spinning=False), x)
     return steps  # (sessions hold their graphs: the files may go)
 
 

@@ -93,7 +93,7 @@ def build_models(args):
     """``{name: model}`` of the configs, tensor in, tensors out."""
     from mmcv.cnn import fuse_conv_bn
 
-    from mmmod.deployment.tensor_model import build_tensor_model
+    from mmmod.deployment import build_tensor_model
 
     models = {}
     for name, config in zip(bench.model_names(args.configs), args.configs):

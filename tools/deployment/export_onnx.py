@@ -21,8 +21,8 @@ import os.path as osp
 import torch
 
 from mmmod.analysis.benchmark import model_names, session_step
-from mmmod.deployment import export, max_abs_diff, session
-from mmmod.deployment.tensor_model import build_tensor_model
+from mmmod.deployment import (build_tensor_model, export, max_abs_diff,
+                              session)
 from mmmod.utils.benchmark import spread_warning, time_interleaved
 
 
@@ -80,7 +80,8 @@ def main(argv=None):
         path = osp.join(args.out_dir, name + '.onnx')
         print(f'exporting {name} -> {path}', flush=True)
         export(model, torch.randn(shape), path, args.opset)
-        sessions[name] = session(path, args.threads)
+        # timed side by side: no idle session may spin on the cores
+        sessions[name] = session(path, args.threads, spinning=False)
         # a new input: the graph must not depend on the example's selection
         diff = max_abs_diff(model, sessions[name], torch.randn(shape))
         results[name] = dict(onnx=path, max_abs_diff=diff)
