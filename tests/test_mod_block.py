@@ -203,3 +203,59 @@ def test_switch_to_deploy_is_one_way_and_needs_eval():
     block.eval()  # eval stays allowed
     with pytest.raises(RuntimeError, match='switch_to_deploy'):
         block.train()
+
+
+class _SharedNorm(nn.Module):
+    """A block that calls one BN at two places: it cannot be folded into
+    either conv without changing the other place."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.conv = nn.Conv2d(k, k, 3, padding=1)
+        self.bn = nn.BatchNorm2d(k)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + self.bn(x)
+
+
+def test_deploy_leaves_a_norm_used_twice_alone():
+    block = MoDBlock(32, _SharedNorm, c=8)
+    with torch.no_grad():
+        block.block.bn.running_mean.uniform_(-1, 1)
+        block.block.bn.running_var.uniform_(0.5, 2)
+    block.eval()
+    x = torch.randn(2, 32, 5, 5)
+    with torch.no_grad():
+        before = block(x)
+        block.switch_to_deploy()
+        after = block(x)
+    assert isinstance(block.block.bn, nn.BatchNorm2d)  # not folded
+    torch.testing.assert_close(after, before)
+
+
+def test_deploy_of_a_block_that_does_not_trace_is_refused():
+    """mmdet's and mmseg's blocks with with_cp branch on x.requires_grad:
+    nothing could be folded, so the conversion says so (and the block stays
+    trainable) instead of marking it deployed."""
+    from mmdet.models.backbones.resnet import Bottleneck
+    block = MoDBlock(64, lambda k: Bottleneck(k, k // 4, with_cp=True), c=4)
+    block.eval()
+    with pytest.raises(ValueError, match='with_cp'):
+        block.switch_to_deploy()
+    assert not block.deploy
+    block.train()
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_autocast_on_a_float32_map(fusion):
+    """Under CPU autocast the selector and the Conv-Block compute in
+    bfloat16 while the map is float32: the output keeps the map's dtype and
+    is the float32 output to bfloat16 precision."""
+    block = MoDBlock(64, conv_block, c=4, fusion=fusion).eval()
+    x = torch.randn(2, 64, 6, 6)
+    with torch.no_grad():
+        reference = block(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = block(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference, rtol=0.05, atol=0.05)

@@ -15,7 +15,8 @@ from mmengine.registry import init_default_scope
 from PIL import Image
 from stock_checkpoints import (check_mod_blocks_start_fresh,
                                check_only_the_init_differs,
-                               place_stock_checkpoint, run_dist_train,
+                               place_stock_checkpoint, run_dist,
+                               run_dist_train,
                                stand_in_state)
 
 from mmmod import apis
@@ -214,6 +215,13 @@ def test_train_resume_and_test_on_cityscapes_layout(tmp_path):
                 assert scale[0] == pytest.approx(1.0)
         assert 0 < metrics['mIoU'] == pytest.approx(
             miou(results), abs=0.01)
+
+    # tools/dist_test.sh --tta (a DDP-wrapped TTA model): the same mIoU
+    code, log = run_dist('dist_test.sh', [
+        CONFIG, str(work / 'iter_2.pth'), '1', '--tta', '--work-dir',
+        str(tmp_path / 'dist'), '--cfg-options', *options], tmp_path)
+    assert code == 0, log[-3000:]
+    assert f"mIoU: {metrics['mIoU']:.4f}" in log
 
 
 def test_missing_data_root_names_the_expected_layout(tmp_path):

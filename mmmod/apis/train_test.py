@@ -72,7 +72,7 @@ def test(config,
     model) is refused, naming the first keys that do not fit, unless
     ``partial_load``: otherwise a mostly random model would be tested.
     """
-    if not osp.isfile(checkpoint):
+    if '://' not in checkpoint and not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     cfg = load_config(config, cfg_options, launcher, work_dir)
     cfg.load_from = checkpoint
@@ -90,8 +90,11 @@ def test(config,
 
     runner = build_runner(cfg, ['test_dataloader'])
     if not partial_load:
+        from mmengine.model import is_model_wrapper
         model = runner.model
+        if is_model_wrapper(model):  # DDP, with --launcher
+            model = model.module
         if tta:  # the TTA wrapper holds the model as ``module``
-            model = getattr(model, 'module', model)
+            model = model.module
         check_checkpoint_fits(model, checkpoint, '--partial-load')
     return runner.test()

@@ -24,6 +24,7 @@ Folding the Conv-Block's BN layers into its convs is an explicit one-way
 conversion for deployment: :meth:`MoDBlock.switch_to_deploy`.
 """
 import inspect
+from collections import Counter
 from typing import Callable, Tuple
 
 import torch
@@ -204,8 +205,10 @@ def fold_conv_bn(module: nn.Module) -> nn.Module:
     the BN's place; returns ``module``, in eval mode.
 
     The pairs are read from ``module``'s dataflow (a ``torch.fx`` trace of
-    its forward, optional arguments at their defaults); a module that does
-    not trace is left as it is.
+    its forward, optional arguments at their defaults); a conv or BN module
+    called at more than one place is left alone. A module whose forward
+    does not trace (control flow on tensor values, e.g. ``with_cp``'s
+    ``x.requires_grad``) is a ValueError: nothing would be folded.
     """
     module.eval()
     params = list(inspect.signature(module.forward).parameters.values())
@@ -213,14 +216,20 @@ def fold_conv_bn(module: nn.Module) -> nn.Module:
                 if p.default is not inspect.Parameter.empty}
     try:
         graph = fx.Tracer().trace(module, concrete_args=defaults)
-    except fx.proxy.TraceError:  # control flow on tensor values
-        return module
+    except fx.proxy.TraceError as err:
+        raise ValueError(
+            f'cannot fold the BN layers of {type(module).__name__}: its '
+            f'forward does not trace with torch.fx ({err}); with_cp=True '
+            'blocks, for example, branch on x.requires_grad: build the '
+            'model for deployment without with_cp') from err
+    calls = Counter(n.target for n in graph.nodes if n.op == 'call_module')
     for node in graph.nodes:
         conv_node = node.args[0] if node.args else None
         if not (node.op == 'call_module'
                 and isinstance(conv_node, fx.Node)
                 and conv_node.op == 'call_module'
-                and len(conv_node.users) == 1):
+                and len(conv_node.users) == 1
+                and calls[node.target] == calls[conv_node.target] == 1):
             continue
         bn = module.get_submodule(node.target)
         conv = module.get_submodule(conv_node.target)

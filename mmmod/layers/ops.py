@@ -202,5 +202,9 @@ def select_channels(x: Tensor, w1: Tensor, b1, w2: Tensor, b2,
 
 def fuse_channels(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
                   offset: int) -> Tensor:
-    """``torch.ops.mmmod.fuse_channels`` (see the module docstring)."""
-    return torch.ops.mmmod.fuse_channels(x, y, scores, idx, offset)
+    """``torch.ops.mmmod.fuse_channels`` (see the module docstring), with
+    ``y`` and ``scores`` in ``x``'s dtype: under autocast the Conv-Block and
+    the selector may compute in a lower precision than the map they add to,
+    and the sum keeps the map's dtype (no-ops otherwise)."""
+    return torch.ops.mmmod.fuse_channels(x, y.to(x.dtype), scores.to(x.dtype),
+                                         idx, offset)
