@@ -353,3 +353,20 @@ def test_standard_keys_are_the_stock_checkpoint_keys(scope):
         assert mod == standard(registry.get(stock)(depth=depth))
         assert any(k.startswith('layer1.0.') for k in mod)
         assert not any(k.startswith('layer1.1.') for k in mod)
+
+
+def test_mmdet_resnet_v1c_mod_is_mmdets_resnet_with_the_deep_stem():
+    """mmdet has no ResNetV1c: its ResNetV1cMoD is mmdet's ResNet with the
+    deep stem (as mmseg's V1c), not another toolbox's class through the
+    root registry (which would give one output and mmpretrain's layout)."""
+    from mmdet.models.backbones import ResNet as MMDetResNet
+    from mmdet.registry import MODELS as MMDET
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    model = MMDET.build(dict(type='ResNetV1cMoD', depth=50))
+    model.eval()  # (mmdet's train() returns None: no chaining)
+    assert isinstance(model, MMDetResNet) and model.deep_stem
+    assert not model.avg_down
+    assert 'stem.0.weight' in model.state_dict()
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [256, 512, 1024, 2048]

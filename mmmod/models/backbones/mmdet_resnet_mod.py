@@ -6,6 +6,17 @@ from mmdet.registry import MODELS
 
 from .mod_stages import PlanesBlockArgs, mod_resnets
 
-ResNetMoD, ResNetV1dMoD, ResNeXtMoD = mod_resnets(
-    MODELS, __name__, PlanesBlockArgs(),
-    ResNetMoD=ResNet, ResNetV1dMoD=ResNetV1d, ResNeXtMoD=ResNeXt)
+
+class _ResNetV1c(ResNet):
+    """mmdet has no ResNetV1c; as mmseg's (and as mmdet's ResNetV1d, less
+    its average-pool down-sampling): mmdet's ResNet with the deep stem. So
+    ``ResNetV1cMoD`` from an mmdet config is mmdet's ResNet too (4 outputs,
+    mmdet's defaults and stem layout), not another toolbox's class."""
+
+    def __init__(self, **kwargs):
+        super().__init__(deep_stem=True, avg_down=False, **kwargs)
+
+
+ResNetMoD, ResNetV1cMoD, ResNetV1dMoD, ResNeXtMoD = mod_resnets(
+    MODELS, __name__, PlanesBlockArgs(), ResNetMoD=ResNet,
+    ResNetV1cMoD=_ResNetV1c, ResNetV1dMoD=ResNetV1d, ResNeXtMoD=ResNeXt)
