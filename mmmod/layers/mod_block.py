@@ -120,7 +120,8 @@ class MoDBlock(nn.Module):
         fusion: where the processed channels are added: ``'first-k'``
             (channels 0..k-1, the paper's best), ``'last-k'`` (C-k..C-1) or
             ``'original'`` (the channels they were gathered from).
-        reduction: the selector's squeeze ratio r (C // r hidden units).
+        reduction: the selector's squeeze ratio r (max(1, C // r) hidden
+            units, see :func:`selector_width`).
     """
 
     def __init__(self,
