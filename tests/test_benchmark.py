@@ -1,6 +1,7 @@
-"""The benchmark: interleaved timing, the skip bound, the spread check, the
-tables' arithmetic and tools/analysis/benchmark.py in every CPU mode. Speed
-itself is measured by the tool, never asserted here."""
+"""The benchmark: interleaved timing, the references (training form, floor,
+skip bound), the spread check, the tables' arithmetic, the profiles and
+tools/analysis/benchmark.py in every CPU mode. Speed itself is measured by
+the tool, never asserted here."""
 import json
 import re
 
@@ -12,7 +13,8 @@ from mmmod.analysis import benchmark as bench
 from mmmod.layers import MoDBlock
 from mmmod.models import ResNetMoD_CIFAR
 from mmmod.paper import SPEEDUPS
-from mmmod.utils.benchmark import (SPREAD_LIMIT, measure_latency,
+from mmmod.utils.benchmark import (SPREAD_LIMIT, FloorBlock,
+                                   floor_mod_blocks, measure_latency,
                                    measure_train_throughput, skip_mod_blocks,
                                    spread_warning, summarise,
                                    time_interleaved)
@@ -62,6 +64,51 @@ def test_skip_bound_and_measurements():
                for p, q in zip(before, skipped.parameters()))
 
 
+def test_floor_reads_the_map_and_adds_onto_k_channels():
+    model = ResNetMoD_CIFAR(depth=18)
+    model.eval()
+    floor = floor_mod_blocks(model)
+    blocks = [m for m in floor.modules() if isinstance(m, FloorBlock)]
+    assert len(blocks) == 4 and not any(
+        isinstance(m, MoDBlock) for m in floor.modules())
+    block = blocks[0]
+    x = torch.randn(2, 64, 8, 8)
+    before = x.clone()
+    with torch.no_grad():
+        out = block(x)
+    assert out is x  # in place, as the inference form
+    k = block.k
+    assert torch.equal(x[:, k:], before[:, k:])
+    torch.testing.assert_close(
+        x[:, :k], before[:, :k] + before.mean((2, 3))[:, :k, None, None])
+    block.train()
+    x = before.clone().requires_grad_()
+    out = block(x)  # a new map, for autograd
+    assert out is not x and torch.equal(x.detach(), before)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_references_of_a_mod_model():
+    from mmmod.layers import mod_blocks
+    model = ResNetMoD_CIFAR(depth=18)
+    model.eval()
+    models = bench.with_references({'mod': model})
+    assert list(models) == ['mod', 'mod' + bench.TRAIN_FORM,
+                            'mod' + bench.FLOOR, 'mod' + bench.SKIP]
+    assert all(b.deploy for b in mod_blocks(models['mod']))
+    assert models['mod' + bench.TRAIN_FORM] is model
+    assert not any(b.deploy for b in mod_blocks(model))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        outs = {n: m(x.clone())[-1] for n, m in models.items()}
+    torch.testing.assert_close(outs['mod'], outs['mod' + bench.TRAIN_FORM],
+                               rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outs['mod'], outs['mod' + bench.FLOOR])
+    assert not torch.allclose(outs['mod' + bench.FLOOR],
+                              outs['mod' + bench.SKIP])
+
+
 # --- the spread check --------------------------------------------------------
 
 
@@ -91,7 +138,9 @@ def _result(baseline, medians):
     models = {
         name: dict(params=1.0, gmacs=1.0,
                    bound=name + bench.SKIP
-                   if name + bench.SKIP in medians else None)
+                   if name + bench.SKIP in medians else None,
+                   floor=name + bench.FLOOR
+                   if name + bench.FLOOR in medians else None)
         for name in medians
     }
     meta = dict(baseline=baseline, modes=['eager'], batch_sizes=[1])
@@ -106,16 +155,20 @@ def _rows(result):
     }
 
 
-def test_table_speedups_share_of_bound_and_paper_columns():
+def test_table_speedups_shares_and_paper_columns():
     rows = _rows(_result('resnet18', {
         'resnet18': 15.0, 'resnet18-mod': 10.0,
+        'resnet18-mod' + bench.FLOOR: 8.0,
         'resnet18-mod' + bench.SKIP: 7.5
     }))
     assert rows['resnet18']['speed-up'] == '1.00x'
     assert rows['resnet18-mod']['speed-up'] == '1.50x'
     assert rows['resnet18-mod' + bench.SKIP]['speed-up'] == '2.00x'
-    assert rows['resnet18-mod']['share of bound'] == '75 %'  # 1.5 / 2.0
-    assert rows['resnet18']['share of bound'] == ''
+    # 1.5 / 2.0 and 1.5 / 1.875
+    assert rows['resnet18-mod']['share of skip bound'] == '75 %'
+    assert rows['resnet18-mod']['share of floor'] == '80 %'
+    assert rows['resnet18']['share of skip bound'] == ''
+    assert rows['resnet18']['share of floor'] == ''
     _, cpu, gpu = SPEEDUPS['resnet18-mod']
     assert rows['resnet18-mod']['paper CPU'] == f'{cpu:.2f}x'
     assert rows['resnet18-mod']['paper GPU'] == f'{gpu:.2f}x'
@@ -189,12 +242,15 @@ def _check_run(out, modes, batch_sizes, trains):
     the arithmetic of the JSON timings."""
     raw = json.loads(out.with_suffix('.json').read_text())
     text = out.read_text()
-    names = ['resnet18', 'resnet18-mod', 'resnet18-mod' + bench.SKIP]
+    names = ['resnet18', 'resnet18-mod', 'resnet18-mod' + bench.TRAIN_FORM,
+             'resnet18-mod' + bench.FLOOR, 'resnet18-mod' + bench.SKIP]
+    floor, skip = names[3], names[4]
     assert list(raw['models']) == names
-    assert raw['models']['resnet18-mod']['bound'] == names[2]
+    assert raw['models']['resnet18-mod']['bound'] == skip
+    assert raw['models']['resnet18-mod']['floor'] == floor
     assert raw['models']['resnet18']['params'] > \
         raw['models']['resnet18-mod']['params'] > \
-        raw['models'][names[2]]['params']
+        raw['models'][skip]['params']
     assert list(raw['timings']) == modes
     for mode in modes:
         assert list(raw['timings'][mode]) == [str(b) for b in batch_sizes]
@@ -202,28 +258,38 @@ def _check_run(out, modes, batch_sizes, trains):
             t = raw['timings'][mode][str(batch)]
             assert list(t) == names
             assert all(len(r['latency']['times']) == 2 for r in t.values())
-            assert all(('train' in r) == (mode in trains and batch == 2)
-                       for r in t.values())
+            # the inference form cannot train: its training form does
+            assert all(('train' in r) == (mode in trains and batch == 2
+                                          and n != 'resnet18-mod')
+                       for n, r in t.items())
             ms = {n: r['latency']['median'] for n, r in t.items()}
             section = text.split(f'## {mode}, batch {batch}:')[1]
             rows = {
                 cells[0]: dict(zip(bench.HEADER, cells))
                 for cells in (line[2:-2].split(' | ')
-                              for line in section.splitlines()[4:7])
+                              for line in section.splitlines()[4:9])
             }
             mod = rows['resnet18-mod']
             assert mod['speed-up'] == \
                 f"{ms['resnet18'] / ms['resnet18-mod']:.2f}x"
-            assert rows[names[2]]['speed-up'] == \
-                f"{ms['resnet18'] / ms[names[2]]:.2f}x"
-            assert mod['share of bound'] == \
-                f"{100 * ms[names[2]] / ms['resnet18-mod']:.0f} %"
+            assert rows[skip]['speed-up'] == \
+                f"{ms['resnet18'] / ms[skip]:.2f}x"
+            assert mod['share of skip bound'] == \
+                f"{100 * ms[skip] / ms['resnet18-mod']:.0f} %"
+            assert mod['share of floor'] == \
+                f"{100 * ms[floor] / ms['resnet18-mod']:.0f} %"
             assert (mod['paper CPU'], mod['paper GPU']) == tuple(
                 f'{p:.2f}x' for p in SPEEDUPS['resnet18-mod'][1:])
             if mode in trains and batch == 2:
-                img_s = {n: r['train']['images_per_s'] for n, r in t.items()}
+                img_s = {n: r['train']['images_per_s'] for n, r in t.items()
+                         if 'train' in r}
+                train_form = 'resnet18-mod' + bench.TRAIN_FORM
                 assert mod['train speed-up'] == \
-                    f"{img_s['resnet18-mod'] / img_s['resnet18']:.2f}x"
+                    f"{img_s[train_form] / img_s['resnet18']:.2f}x"
+                step = {n: r['train']['median'] for n, r in t.items()
+                        if 'train' in r}
+                assert mod['train share of floor'] == \
+                    f"{100 * step[floor] / step[train_form]:.0f} %"
     assert '## median ms in every mode' in text
     return raw
 
@@ -242,6 +308,40 @@ def test_tool_in_eager_and_onnxruntime(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert '== onnxruntime, batch 2:' in stdout
     assert f'{torch.get_num_threads()} threads' in stdout
+    assert 'self time per forward' not in stdout  # no --profile
+
+
+@pytest.mark.e2e
+def test_profiles_of_the_mod_model_beside_its_floor(tmp_path, capsys):
+    out = tmp_path / 'speed.md'
+    result = benchmark_tool.main([
+        BASELINE, MOD, *TINY, '--modes', 'eager', 'onnxruntime',
+        '--batch-sizes', '1', '--train-batch-sizes', '--profile', '2',
+        '--out', str(out)
+    ])
+    # ops of the MoD machinery the floor has not
+    for mode, mod_ops in (
+            ('eager', {'mmmod::select_channels', 'mmmod::conv_chain'}),
+            ('onnxruntime', {'TopK', 'GatherElements'})):
+        t = result['timings'][mode][1]
+        assert set(t) == {'resnet18', 'resnet18-mod',
+                          'resnet18-mod' + bench.TRAIN_FORM,
+                          'resnet18-mod' + bench.FLOOR,
+                          'resnet18-mod' + bench.SKIP}
+        profiled = {n for n, r in t.items() if 'profile' in r}
+        assert profiled == {'resnet18-mod', 'resnet18-mod' + bench.FLOOR}
+        ops = {row[0]: row for row in t['resnet18-mod']['profile']}
+        floor_ops = {row[0] for row in t['resnet18-mod' + bench.FLOOR][
+            'profile']}
+        assert mod_ops <= set(ops), (mode, sorted(ops))
+        assert not mod_ops & floor_ops
+        # the MoD model's four MoD blocks, one call each per forward
+        first = sorted(mod_ops)[0]
+        assert ops[first][2] == 4 and ops[first][1] > 0
+        (name, rows), = bench.profile_rows(result, mode, 1)
+        assert name == 'resnet18-mod' and rows[-1][0] == 'all ops'
+    text = out.read_text()
+    assert text.count('self time per forward by op, beside its floor') == 2
 
 
 @pytest.mark.e2e
@@ -249,15 +349,18 @@ def test_onnxruntime_mode_runs_the_exported_models():
     """The ONNX Runtime steps compute what the PyTorch models compute, each
     its own model (the skip bound is not the MoD model)."""
     model = ResNetMoD_CIFAR(depth=18, out_indices=(3, ))
-    models = bench.with_skip_bounds({'mod': model})
+    model.eval()
+    models = bench.with_references({'mod': model})
     for m in models.values():
         m.eval()
     x = torch.randn(2, 3, 32, 32)
-    steps = bench._onnxruntime_steps(models, x, opset=18)
-    assert list(steps) == ['mod', 'mod' + bench.SKIP]
+    steps = bench._onnxruntime_steps(models, x, bench.Plan(modes=['eager']))
+    assert list(steps) == list(models)
     with torch.no_grad():
-        refs = {name: m(x)[0] for name, m in models.items()}
+        refs = {name: m(x.clone())[0] for name, m in models.items()}
     assert not torch.allclose(refs['mod'], refs['mod' + bench.SKIP])
+    assert not torch.allclose(refs['mod' + bench.FLOOR],
+                              refs['mod' + bench.SKIP])
     for name, step in steps.items():
         (out, ) = step()
         assert torch.allclose(torch.from_numpy(out), refs[name], atol=1e-4)
@@ -307,9 +410,9 @@ def test_tool_in_the_compile_modes(tmp_path):
         str(out)
     ])
     _check_run(out, ['compile', 'compile-freeze'], [2], ['compile'])
-    # both modes compiled, each its own graphs: 3 models x (inference,
-    # training, frozen inference)
-    assert counters['stats']['unique_graphs'] >= 9
+    # both modes compiled, each its own graphs: 5 models x (inference,
+    # frozen inference) + 4 trained models
+    assert counters['stats']['unique_graphs'] >= 14
     # freezing was an option of its compile, not a process-wide setting
     assert torch._inductor.config.freezing is False
 

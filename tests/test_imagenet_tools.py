@@ -147,6 +147,39 @@ def test_checkpoint_of_another_model_is_refused(imagenet, tmp_path):
     assert test_tool.main([CONFIG, str(ckpt)] + opts)['accuracy/top1'] >= 0
 
 
+def test_deployed_checkpoint_tests_as_the_trained_one(imagenet, tmp_path):
+    """tools/deployment/switch_to_deploy.py converts a checkpoint; the model
+    built with deploy=True loads it and tools/test.py gives the training
+    form's predictions."""
+    from conftest import save_classifier_checkpoint
+    from mmmod.layers import ConvChain, mod_blocks
+    ckpt, deployed = tmp_path / 'r18mod.pth', tmp_path / 'deployed.pth'
+    save_classifier_checkpoint(CONFIG, ckpt)
+    converter = tool('deployment/switch_to_deploy')
+    with pytest.raises(ValueError, match='new file'):
+        converter.convert(CONFIG, str(ckpt), str(ckpt))
+    converter.main([CONFIG, str(ckpt), str(deployed)])
+    state = torch.load(deployed, map_location='cpu', weights_only=True)
+    assert state['meta']['deploy'] is True
+    assert 'backbone.layer1.1.block.weight.0' in state['state_dict']
+    assert not any('layer1.1.block.bn' in k for k in state['state_dict'])
+
+    opts = ['--work-dir', str(tmp_path / 'test'), '--cfg-options'
+            ] + tiny(imagenet)
+    trained = test_tool.main([CONFIG, str(ckpt)] + opts)
+    fast = test_tool.main([CONFIG, str(deployed)] + opts +
+                          ['model.backbone.deploy=True'])
+    assert fast == trained
+    model, _ = apis.build_model(CONFIG, str(deployed),
+                                ['model.backbone.deploy=True'])
+    blocks = mod_blocks(model)
+    assert blocks and all(
+        b.deploy and isinstance(b.block, ConvChain) for b in blocks)
+    # the training form's checkpoint does not fit the inference form
+    with pytest.raises(ValueError, match='does not fit'):
+        apis.build_model(CONFIG, str(ckpt), ['model.backbone.deploy=True'])
+
+
 def run_dist(script, args, tmp_path):
     """tools/SCRIPT with 2 CPU processes; returns its log."""
     code, log = stock_checkpoints.run_dist(script, args, tmp_path)

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmmod.layers import (FUSIONS, ChannelSelector, MoDBlock, is_mod_position,
-                          mod_channels, switch_to_deploy)
+from mmmod.layers import (FUSIONS, ChannelSelector, ConvChain, MoDBlock,
+                          is_mod_position, mod_channels, switch_to_deploy)
 
 
 def conv_block(k):
@@ -199,7 +199,9 @@ def test_switch_to_deploy_is_one_way_and_needs_eval():
     block.eval().switch_to_deploy()
     folded = block.block
     assert block.switch_to_deploy().block is folded  # a second call: no-op
-    assert isinstance(block.block[1], nn.Identity)
+    # conv-BN-ReLU, BN folded, is one fused conv chain
+    assert isinstance(block.block, ConvChain)
+    assert [tuple(w.shape) for w in block.block.weight] == [(4, 4, 3, 3)]
     block.eval()  # eval stays allowed
     with pytest.raises(RuntimeError, match='switch_to_deploy'):
         block.train()

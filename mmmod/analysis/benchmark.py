@@ -1,14 +1,24 @@
 """Speed of a baseline and MoD models side by side, in every mode users run
 them (tools/analysis/benchmark.py).
 
-For each mode and batch size, every model -- the baseline, each MoD model
-and its skip bound (the same model with every MoD block an identity: MoD
-with free machinery) -- is timed interleaved in this one process, so that
-the machine's load drifts over all of them alike. The tables give medians
-and quartiles, the speed-ups over the baseline, each MoD model's share of
-its bound (its speed-up over the bound's) and the paper's speed-ups.
+For each mode and batch size, every model is timed interleaved in this one
+process, so that the machine's load drifts over all of them alike: the
+baseline (a stock network), and for each MoD model
+
+* the model in its inference form (:func:`mmmod.layers.switch_to_deploy`),
+  under its own name: what a deployment runs;
+* the same model in its training form (``TRAIN_FORM``);
+* its floor (``FLOOR``): every MoD block only reads the map once and adds
+  onto k channels, the physical limit of any MoD implementation;
+* its skip bound (``SKIP``): every MoD block an identity.
+
+The tables give medians and quartiles, the speed-ups over the baseline, each
+MoD model's share of its floor and of its skip bound (the reference's time
+over the model's), and the paper's speed-ups. With a profile, each MoD
+model's time per op beside its floor's says where the MoD blocks' time goes.
 """
 import copy
+import json
 import os.path as osp
 import tempfile
 from dataclasses import asdict, dataclass
@@ -20,10 +30,14 @@ import torch.nn as nn
 from mmmod.apis import model_name
 from mmmod.paper import SPEEDUPS
 from mmmod.utils import count_macs, count_params
-from mmmod.utils.benchmark import (describe_machine, has_mod_blocks,
-                                   measure_train_throughput, skip_mod_blocks,
-                                   spread_warning, time_interleaved)
+from mmmod.layers import mod_blocks, switch_to_deploy
+from mmmod.utils.benchmark import (describe_machine, floor_mod_blocks,
+                                   has_mod_blocks, measure_train_throughput,
+                                   skip_mod_blocks, spread_warning,
+                                   time_interleaved)
 
+TRAIN_FORM = ' (training form)'
+FLOOR = ' (floor)'
 SKIP = ' (skip bound)'
 
 
@@ -133,6 +147,7 @@ class Plan:
     train_repeats: int = 10
     channels_last: bool = False
     opset: int = 18
+    profile: int = 0  # forwards profiled per model; 0: none
 
     def __post_init__(self):
         self.modes = check_modes(self.modes)
@@ -148,7 +163,8 @@ class Plan:
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ValueError('input_shape must be (channels, height, width), '
                              f'positive, got {self.input_shape}')
-        least = dict(warmup=1, repeats=1, train_warmup=1, train_repeats=0)
+        least = dict(warmup=1, repeats=1, train_warmup=1, train_repeats=0,
+                     profile=0)
         for key, low in least.items():
             if getattr(self, key) < low:
                 raise ValueError(f'--{key.replace("_", "-")} must be >= '
@@ -171,23 +187,32 @@ def benchmark(models: Dict[str, nn.Module],
     they are set to eval mode and ``plan``'s memory format) in each mode of
     ``plan`` at each batch size.
 
-    Each MoD model gets its skip bound, ``name + SKIP``. Inference is timed
-    at every batch size; the training step (forward, backward, SGD) in the
-    modes that train, at ``plan.train_batch_sizes``, on copies of the
-    models. Returns ``dict(meta=, models={name: dict(params=, gmacs=,
-    bound=)}, timings={mode: {batch: {name: dict(latency=, train=)}}},
-    warnings=[...])``, times in ms.
+    Each MoD model is timed in its inference form under its name, and
+    joined by its training form, floor and skip bound (``name + TRAIN_FORM,
+    FLOOR, SKIP``). Inference is timed at every batch size; the training
+    step (forward, backward, SGD) in the modes that train, at
+    ``plan.train_batch_sizes``, on copies of the models (but the inference
+    forms, which cannot train). Returns ``dict(meta=, models={name:
+    dict(params=, gmacs=, floor=, bound=, trains=)}, timings={mode: {batch:
+    {name: dict(latency=, train=, profile=)}}}, warnings=[...])``, times in
+    ms, profiles as ``[[op, us per forward, calls per forward], ...]``.
     """
     plan = plan or Plan()
     if not models:
         raise ValueError('no models to time')
-    models = with_skip_bounds(models)
+    models = with_references(models)
+    # a model in its inference form is counted in its training form: the
+    # same arithmetic, in ops the counter knows (BN folding aside)
+    counted = {name: models.get(name + TRAIN_FORM, m)
+               for name, m in models.items()}
     info = {
         name: dict(
             params=count_params(m) / 1e6,
             gmacs=count_macs(m, plan.input_shape) / 1e9,
-            bound=name + SKIP if name + SKIP in models else None)
-        for name, m in models.items()
+            floor=name + FLOOR if name + FLOOR in models else None,
+            bound=name + SKIP if name + SKIP in models else None,
+            trains=not _is_deployed(models[name]))
+        for name, m in counted.items()
     }
     warnings = []
     timings = {
@@ -230,19 +255,27 @@ def _time_mode_in(mode_name, models, plan, warnings, log):
             if runners:
                 steps = {name: (lambda r=r: r(x)) for name, r in runners.items()}
             else:
-                steps = _onnxruntime_steps(on_device, x, plan.opset)
+                steps = _onnxruntime_steps(on_device, x, plan)
             stats = time_interleaved(steps, plan.warmup, plan.repeats,
                                      mode.device)
-        _warn(warnings, f'{mode_name}, batch {batch}, inference', stats, log)
-        out[batch] = {name: dict(latency=s) for name, s in stats.items()}
+            _warn(warnings, f'{mode_name}, batch {batch}, inference', stats,
+                  log)
+            out[batch] = {name: dict(latency=s) for name, s in stats.items()}
+            if plan.profile:
+                log(f'{mode_name}, batch {batch}: profiling the MoD models '
+                    'and their floors')
+                for name in steps:
+                    if name + FLOOR in steps or name.endswith(FLOOR):
+                        out[batch][name]['profile'] = _profile(
+                            steps[name], plan.profile)
         if plan.trains(mode_name, batch):
             log(f'{mode_name}, batch {batch}: timing training steps')
             # copies: the SGD steps must not move the weights timed above
             stats = measure_train_throughput(
                 {name: mode.make(copy.deepcopy(m))
-                 for name, m in on_device.items()}, plan.input_shape, batch,
-                plan.train_warmup, plan.train_repeats, plan.channels_last,
-                mode.device)
+                 for name, m in on_device.items() if not _is_deployed(m)},
+                plan.input_shape, batch, plan.train_warmup,
+                plan.train_repeats, plan.channels_last, mode.device)
             _warn(warnings, f'{mode_name}, batch {batch}, training', stats,
                   log)
             for name, s in stats.items():
@@ -250,14 +283,25 @@ def _time_mode_in(mode_name, models, plan, warnings, log):
     return out
 
 
-def with_skip_bounds(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
-    """``models`` with each MoD model followed by its skip bound."""
+def with_references(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
+    """``models`` with each MoD model in its inference form, followed by its
+    training form, its floor and its skip bound."""
     out = {}
     for name, model in models.items():
-        out[name] = model
-        if has_mod_blocks(model):
-            out[name + SKIP] = skip_mod_blocks(model)
+        if not has_mod_blocks(model):
+            out[name] = model
+            continue
+        deployed = copy.deepcopy(model)
+        deployed.eval()  # (stock backbones' train() returns None)
+        out[name] = switch_to_deploy(deployed)
+        out[name + TRAIN_FORM] = model
+        out[name + FLOOR] = floor_mod_blocks(model)
+        out[name + SKIP] = skip_mod_blocks(model)
     return out
+
+
+def _is_deployed(model: nn.Module) -> bool:
+    return any(m.deploy for m in mod_blocks(model))
 
 
 def _to(model, device, plan):
@@ -266,27 +310,77 @@ def _to(model, device, plan):
     return model.to(device=device, memory_format=plan.memory_format).eval()
 
 
-def _onnxruntime_steps(models, x, opset):
+def _profile(step: Callable, forwards: int) -> list:
+    """``[[op, us per forward, calls per forward], ...]`` of ``forwards``
+    calls of ``step``, largest first: self CPU time by ``torch.profiler``,
+    or, for an ONNX Runtime step, ONNX Runtime's own profile of its nodes
+    by op type."""
+    if isinstance(step, SessionStep):
+        return step.profile(forwards)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(forwards):
+            step()
+    rows = [[e.key, e.self_cpu_time_total / forwards, e.count / forwards]
+            for e in prof.key_averages()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def _onnxruntime_steps(models, x, plan):
     """Each model exported for input ``x`` and run in an ONNX Runtime
     session with PyTorch's thread count, its threads not spinning between
     runs (the idle sessions' would take the cores from the timed one)."""
     from mmmod.deployment import export, session
 
     steps = {}
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, model) in enumerate(models.items()):
             path = osp.join(tmp, f'{i}.onnx')
-            export(model, x, path, opset)
-            steps[name] = session_step(
-                session(path, torch.get_num_threads(), spinning=False), x)
+            export(model, x, path, plan.opset)
+            with open(path, 'rb') as f:
+                graph = f.read() if plan.profile else None
+            steps[name] = SessionStep(
+                session(path, threads, spinning=False), x, graph, threads)
     return steps  # (sessions hold their graphs: the files may go)
 
 
-def session_step(sess, x: torch.Tensor) -> Callable[[], list]:
+class SessionStep:
     """A call of ONNX Runtime session ``sess`` on ``x``, for
-    :func:`~mmmod.utils.benchmark.time_interleaved`."""
-    feed = {sess.get_inputs()[0].name: x.cpu().contiguous().numpy()}
-    return lambda: sess.run(None, feed)
+    :func:`~mmmod.utils.benchmark.time_interleaved`; given the model's
+    bytes, :meth:`profile` runs it again with ONNX Runtime's profiler."""
+
+    def __init__(self, sess, x: torch.Tensor, graph: Optional[bytes] = None,
+                 threads: Optional[int] = None):
+        self.sess, self.graph, self.threads = sess, graph, threads
+        self.feed = {sess.get_inputs()[0].name: x.cpu().contiguous().numpy()}
+
+    def __call__(self):
+        return self.sess.run(None, self.feed)
+
+    def profile(self, forwards: int) -> list:
+        """Kernel time per op type, as :func:`_profile` gives it, from a new
+        session on the same graph with profiling on."""
+        from mmmod.deployment import session
+        with tempfile.TemporaryDirectory() as tmp:
+            sess = session(self.graph, self.threads, spinning=False,
+                           profile=osp.join(tmp, 'ort'))
+            for _ in range(forwards + 1):  # the first is warm-up
+                sess.run(None, self.feed)
+            with open(sess.end_profiling()) as f:
+                events = json.load(f)
+        runs = sorted(e['ts'] for e in events if e.get('name') == 'model_run')
+        begin = runs[1] if len(runs) > 1 else 0
+        total, calls = {}, {}
+        for e in events:
+            if (e.get('cat') == 'Node' and e['ts'] >= begin
+                    and e['name'].endswith('_kernel_time')):
+                op = e.get('args', {}).get('op_name', '?')
+                total[op] = total.get(op, 0) + e['dur']
+                calls[op] = calls.get(op, 0) + 1
+        rows = [[op, t / forwards, calls[op] / forwards]
+                for op, t in total.items()]
+        return sorted(rows, key=lambda r: -r[1])
 
 
 def _warn(warnings, where, stats, log):
@@ -299,8 +393,8 @@ def _warn(warnings, where, stats, log):
 # --- tables -----------------------------------------------------------------
 
 HEADER = ('model', 'params (M)', 'GMACs', 'ms: median [q1, q3]', 'speed-up',
-          'share of bound', 'paper CPU', 'paper GPU', 'train img/s',
-          'train speed-up')
+          'share of floor', 'share of skip bound', 'paper CPU', 'paper GPU',
+          'train img/s', 'train speed-up', 'train share of floor')
 
 
 def paper_speedups(name: str, baseline: str) -> tuple:
@@ -313,6 +407,13 @@ def paper_speedups(name: str, baseline: str) -> tuple:
     return None, None
 
 
+def _share(reference, t, key='latency'):
+    """The reference's median time over ``t``'s, as a percentage."""
+    if not reference or key not in reference or key not in t:
+        return ''
+    return f"{100 * reference[key]['median'] / t[key]['median']:.0f} %"
+
+
 def table(result: dict, mode: str, batch: int) -> list:
     """The rows (lists of strings, see HEADER) of one mode and batch
     size."""
@@ -323,21 +424,54 @@ def table(result: dict, mode: str, batch: int) -> list:
     for name, t in row_of.items():
         info = result['models'][name]
         speedup = base['latency']['median'] / t['latency']['median']
-        bound = row_of.get(info['bound'])
-        share = (bound['latency']['median'] / t['latency']['median']
-                 if bound else None)
-        paper = paper_speedups(name, base_name)
-        train = t.get('train')
+        floor = row_of.get(info.get('floor'))
+        # a MoD model's training step is its training form's
+        train_of = row_of.get(name + TRAIN_FORM, t)
+        train = train_of.get('train')
+        base_train = base.get('train')
         rows.append([
             name, f"{info['params']:.2f}", f"{info['gmacs']:.2f}",
             _ms(t['latency']), f'{speedup:.2f}x',
-            f'{100 * share:.0f} %' if share else '',
-            *(f'{p:.2f}x' if p else '' for p in paper),
+            _share(floor, t), _share(row_of.get(info['bound']), t),
+            *(f'{p:.2f}x' if p else ''
+              for p in paper_speedups(name, base_name)),
             f"{train['images_per_s']:.1f}" if train else '',
-            (f"{train['images_per_s'] / base['train']['images_per_s']:.2f}x"
-             if train else '')
+            (f"{train['images_per_s'] / base_train['images_per_s']:.2f}x"
+             if train and base_train else ''),
+            _share(floor, train_of, 'train') if floor else '',
         ])
     return rows
+
+
+def profile_rows(result: dict, mode: str, batch: int, top: int = 12) -> list:
+    """``[(model, rows)]``: for each profiled MoD model, its time per op
+    beside its floor's (us per forward), the ``top`` ops by the difference,
+    and the totals: where the MoD blocks' time goes beyond the floor."""
+    out = []
+    row_of = result['timings'][mode][batch]
+    for name, t in row_of.items():
+        floor = row_of.get(result['models'][name].get('floor') or '')
+        if 'profile' not in t or not floor or 'profile' not in floor:
+            continue
+        mine = {op: (us, calls) for op, us, calls in t['profile']}
+        ref = {op: (us, calls) for op, us, calls in floor['profile']}
+        ops = sorted(set(mine) | set(ref), key=lambda op: -abs(
+            mine.get(op, (0, 0))[0] - ref.get(op, (0, 0))[0]))
+        rows = []
+        for op in ops[:top]:
+            (us, calls), (f_us, f_calls) = mine.get(op, (0, 0)), ref.get(
+                op, (0, 0))
+            rows.append([op, f'{us:.0f}', f'{calls:g}', f'{f_us:.0f}',
+                         f'{f_calls:g}', f'{us - f_us:+.0f}'])
+        total, f_total = (sum(v[0] for v in d.values()) for d in (mine, ref))
+        rows.append(['all ops', f'{total:.0f}', '', f'{f_total:.0f}', '',
+                     f'{total - f_total:+.0f}'])
+        out.append((name, rows))
+    return out
+
+
+PROFILE_HEADER = ('op', 'us', 'calls', 'floor us', 'floor calls',
+                  'difference us')
 
 
 def fastest_rows(result: dict) -> tuple:
@@ -388,6 +522,10 @@ def report(result: dict, markdown: bool = False) -> str:
             parts.append(f'{head}{mode}, batch {batch}: {MODES[mode].help}\n')
             parts.append(
                 format_table(HEADER, table(result, mode, batch), markdown))
+            for name, rows in profile_rows(result, mode, batch):
+                parts.append(f'{name}: self time per forward by op, beside '
+                             f'its floor ({mode}, batch {batch})\n')
+                parts.append(format_table(PROFILE_HEADER, rows, markdown))
     header, rows = fastest_rows(result)
     parts.append(f'{head}median ms in every mode\n')
     parts.append(format_table(header, rows, markdown, left=2))

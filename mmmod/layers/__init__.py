@@ -1,12 +1,13 @@
 """The MoD block and its ops: torch only (no OpenMMLab imports)."""
-from .mod_block import (FUSIONS, ChannelSelector, MoDBlock,
+from .mod_block import (FUSIONS, ChannelSelector, ConvChain, MoDBlock,
                         check_input_channels, fold_conv_bn, is_mod_position,
-                        mod_channels, selector_width, switch_to_deploy)
+                        mod_blocks, mod_channels, selector_width,
+                        switch_to_deploy)
 from .ops import HAS_EXT, fuse_channels, select_channels
 
 __all__ = [
-    'FUSIONS', 'HAS_EXT', 'ChannelSelector', 'MoDBlock',
+    'FUSIONS', 'HAS_EXT', 'ChannelSelector', 'ConvChain', 'MoDBlock',
     'check_input_channels', 'fold_conv_bn', 'fuse_channels',
-    'is_mod_position', 'mod_channels', 'select_channels', 'selector_width',
-    'switch_to_deploy'
+    'is_mod_position', 'mod_blocks', 'mod_channels', 'select_channels',
+    'selector_width', 'switch_to_deploy'
 ]

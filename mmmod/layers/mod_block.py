@@ -20,20 +20,29 @@ static, so it traces, exports and compiles like any other CNN block.
 Conv-Block are ops registered with PyTorch (:mod:`mmmod.layers.ops`:
 ``mmmod::select_channels`` and ``mmmod::fuse_channels``), each with a C++ CPU
 kernel, a pure-PyTorch implementation, autograd and an ONNX translation.
-Folding the Conv-Block's BN layers into its convs is an explicit one-way
-conversion for deployment: :meth:`MoDBlock.switch_to_deploy`.
+The inference form is an explicit one-way conversion,
+:meth:`MoDBlock.switch_to_deploy` (or ``deploy=True`` at construction, to
+rebuild a converted model): the Conv-Block's BN folded into its convs, the
+Conv-Block run as one ``mmmod::conv_chain`` call where it is a plain chain of
+convs on few channels, and the result added into ``x`` in place
+(:func:`~mmmod.layers.ops.fuse_channels_`): like ``nn.ReLU(inplace=True)``, a
+deployed block writes its input and returns it. It runs without autograd
+only.
 """
 import inspect
+import operator
 from collections import Counter
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .ops import fuse_channels, select_channels, selector_logits
+from .ops import (CHAIN_META, conv_chain, fuse_channels, fuse_channels_,
+                  select_channels, selector_logits)
 
 FUSIONS = ('first-k', 'last-k', 'original')
 
@@ -110,7 +119,11 @@ class ChannelSelector(nn.Module):
 class MoDBlock(nn.Module):
     """Runs ``block`` on the top-k channels of ``x`` and adds the result back.
 
-    The output is a new tensor: ``x`` is never written.
+    The output is a new tensor: ``x`` is never written, except in the
+    inference form (``deploy=True`` or :meth:`switch_to_deploy`), which adds
+    into ``x`` and returns it, as ``nn.ReLU(inplace=True)`` does: a forward
+    hook or a caller that keeps the input sees it changed, in the ``k``
+    target channels only.
 
     Args:
         channels: C, the channels of the input and the output.
@@ -122,6 +135,8 @@ class MoDBlock(nn.Module):
             ``'original'`` (the channels they were gathered from).
         reduction: the selector's squeeze ratio r (max(1, C // r) hidden
             units, see :func:`selector_width`).
+        deploy: build the inference form (:meth:`switch_to_deploy`), with
+            the parameters a converted checkpoint holds.
     """
 
     def __init__(self,
@@ -129,7 +144,8 @@ class MoDBlock(nn.Module):
                  block: Callable[[int], nn.Module],
                  c: int = 64,
                  fusion: str = 'first-k',
-                 reduction: int = 16):
+                 reduction: int = 16,
+                 deploy: bool = False):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(
@@ -149,6 +165,8 @@ class MoDBlock(nn.Module):
         self.selector = ChannelSelector(channels, reduction)
         self.block = block(self.k)
         self.deploy = False
+        if deploy:
+            self.eval()._to_deploy()
 
     def select(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """Scores (N, k) and indices (N, k) of the chosen channels, best
@@ -166,27 +184,54 @@ class MoDBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_channels(x, self.channels, 'MoDBlock')
+        if self.deploy:
+            return self._forward_deploy(x)
         x_k, scores, idx = self._select_channels(x)
         # scaling by the scores gives the selector its gradient
         return fuse_channels(x, self.block(x_k), scores, idx,
                              self._fusion_offset)
 
+    def _forward_deploy(self, x: Tensor) -> Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                'MoDBlock: this block is in its inference form (deploy=True '
+                'or switch_to_deploy), which adds into its input in place and '
+                'has no autograd; run it under torch.no_grad() or '
+                'torch.inference_mode(), or train the model built without '
+                'deploy')
+        x_k, scores, idx = self._select_channels(x)
+        return fuse_channels_(x, self.block(x_k), scores, idx,
+                              self._fusion_offset)
+
     def switch_to_deploy(self) -> 'MoDBlock':
-        """Folds each BatchNorm of the Conv-Block into the conv before it,
-        for inference (one-way, as RepVGG's ``switch_to_deploy``); returns
-        the block.
+        """Turns the block into its inference form, for good (as RepVGG's
+        ``switch_to_deploy``); returns the block.
+
+        Each BatchNorm of the Conv-Block is folded into the conv before it;
+        a Conv-Block that is then a plain chain of stride-1 convs and
+        ReLU / ReLU6 (with at most a residual add of its input) on few
+        channels becomes a :class:`ConvChain` (one ``mmmod::conv_chain``
+        call); and the forward adds into ``x`` in place
+        (:func:`~mmmod.layers.ops.fuse_channels_`) and returns ``x``. The parameters stop
+        requiring gradients.
 
         The block must be in eval mode; afterwards it stays there:
-        ``train()`` raises. Calls again are no-ops.
+        ``train()`` raises, and so does a forward with autograd recording.
+        Calls again are no-ops.
         """
         if self.training:
             raise RuntimeError('MoDBlock.switch_to_deploy: call eval() '
                                'first (BN folding uses the running '
                                'statistics)')
         if not self.deploy:
-            self.block = fold_conv_bn(self.block)
-            self.deploy = True
+            self._to_deploy()
         return self
+
+    def _to_deploy(self) -> None:
+        self.block = fold_conv_bn(self.block)
+        self.block = ConvChain.of(self.block) or self.block
+        self.requires_grad_(False)
+        self.deploy = True
 
     def train(self, mode: bool = True) -> 'MoDBlock':
         if mode and getattr(self, 'deploy', False):
@@ -212,17 +257,7 @@ def fold_conv_bn(module: nn.Module) -> nn.Module:
     ``x.requires_grad``) is a ValueError: nothing would be folded.
     """
     module.eval()
-    params = list(inspect.signature(module.forward).parameters.values())
-    defaults = {p.name: p.default for p in params[1:]
-                if p.default is not inspect.Parameter.empty}
-    try:
-        graph = fx.Tracer().trace(module, concrete_args=defaults)
-    except fx.proxy.TraceError as err:
-        raise ValueError(
-            f'cannot fold the BN layers of {type(module).__name__}: its '
-            f'forward does not trace with torch.fx ({err}); with_cp=True '
-            'blocks, for example, branch on x.requires_grad: build the '
-            'model for deployment without with_cp') from err
+    graph = _trace(module)
     calls = Counter(n.target for n in graph.nodes if n.op == 'call_module')
     for node in graph.nodes:
         conv_node = node.args[0] if node.args else None
@@ -242,15 +277,163 @@ def fold_conv_bn(module: nn.Module) -> nn.Module:
     return module
 
 
+def _trace(module: nn.Module) -> fx.Graph:
+    """``module``'s forward as a ``torch.fx`` graph, optional arguments at
+    their defaults; a ValueError if it does not trace."""
+    params = list(inspect.signature(module.forward).parameters.values())
+    defaults = {p.name: p.default for p in params[1:]
+                if p.default is not inspect.Parameter.empty}
+    try:
+        return fx.Tracer().trace(module, concrete_args=defaults)
+    except fx.proxy.TraceError as err:
+        raise ValueError(
+            f'cannot convert {type(module).__name__} for deployment: its '
+            f'forward does not trace with torch.fx ({err}); with_cp=True '
+            'blocks, for example, branch on x.requires_grad: build the '
+            'model for deployment without with_cp') from err
+
+
+#: Activations a :class:`ConvChain` runs, by its ``meta`` code.
+_ACTS = {nn.ReLU: 1, nn.ReLU6: 2, torch.relu: 1, F.relu: 1, 'relu': 1,
+         'relu_': 1, F.relu6: 2}
+_ADDS = {operator.add, operator.iadd, torch.add, 'add', 'add_'}
+
+
+class ConvChain(nn.Module):
+    """A Conv-Block with its BN folded, run as one ``mmmod::conv_chain``
+    call: stride-1 convs keeping the map's size, each with a bias and an
+    optional ReLU / ReLU6, then an optional ``+ x`` and a final activation.
+    Inference only (its op has no autograd).
+
+    On a few channels a oneDNN convolution costs its call, ~20-30 us,
+    whatever its size; the C++ kernel computes the whole block directly.
+    :meth:`of` makes one from a folded Conv-Block where that pays: at most
+    :attr:`MAX_MACS_PER_PIXEL` multiply-adds a pixel. ResNet-MoD's
+    Conv-Blocks at c = 64 have 17-1152 (the kernel runs them 3-7x faster
+    than oneDNN's three convs, batch 1 and 8, on a 2-core AMD EPYC); at
+    4352 (k = 64) oneDNN wins at batch 8, and beyond it everywhere.
+    """
+
+    MAX_MACS_PER_PIXEL = 2048
+
+    def __init__(self, convs, residual: bool = False, final_act: int = 0):
+        super().__init__()
+        self.weight = nn.ParameterList(
+            [nn.Parameter(conv.weight.detach(), requires_grad=False)
+             for conv, _ in convs])
+        self.bias = nn.ParameterList([
+            nn.Parameter(conv.bias.detach() if conv.bias is not None else
+                         conv.weight.new_zeros(conv.out_channels),
+                         requires_grad=False) for conv, _ in convs
+        ])
+        self.meta = [
+            v for conv, act in convs
+            for v in (*conv.padding, *conv.dilation, conv.groups, act)
+        ]
+        self.residual = residual
+        self.final_act = final_act
+
+    def forward(self, x: Tensor) -> Tensor:
+        # a ParameterList's entries, in order, without its __iter__ (4 us
+        # a list, per block and forward)
+        return conv_chain(x, list(self.weight._parameters.values()),
+                          list(self.bias._parameters.values()), self.meta,
+                          self.residual, self.final_act)
+
+    def extra_repr(self) -> str:
+        shapes = ', '.join('x'.join(map(str, w.shape)) for w in self.weight)
+        return (f'weights=[{shapes}], residual={self.residual}, '
+                f'final_act={self.final_act}')
+
+    @classmethod
+    def of(cls, block: nn.Module) -> Optional['ConvChain']:
+        """The chain that computes folded ``block``, or None where
+        ``block``'s dataflow is not such a chain (any other module or op, a
+        strided or padded-otherwise conv, a module called with anything
+        but the previous value) or is too wide to pay."""
+        graph = _trace(block)
+        nodes = list(graph.nodes)
+        if not nodes or nodes[0].op != 'placeholder':
+            return None
+        x = cur = nodes[0]
+        convs, residual, final_act = [], False, 0
+        # optional arguments traced at their defaults: placeholders and
+        # their guards (eq, _assert), not the dataflow of x
+        fixed = set()
+        for node in nodes[1:]:
+            if node.op == 'placeholder' or (
+                    node.op == 'call_function' and node.all_input_nodes
+                    and set(node.all_input_nodes) <= fixed):
+                fixed.add(node)
+                continue
+            if node.op == 'output':
+                fits = (node.args[0] is cur and convs
+                        and len(x.users) == 1 + residual and _chain_fits(convs))
+                return cls(convs, residual, final_act) if fits else None
+            if node.kwargs or node.op not in ('call_module', 'call_function',
+                                              'call_method'):
+                return None
+            target = (type(block.get_submodule(node.target))
+                      if node.op == 'call_module' else node.target)
+            if target in _ADDS:  # the residual: ... + x, once, at the end
+                if residual or cur is x or len(node.args) != 2 or set(
+                        node.args) != {cur, x}:
+                    return None
+                residual = True
+            elif node.args != (cur, ):
+                return None
+            elif target is nn.Conv2d:
+                conv = block.get_submodule(node.target)
+                if residual or not _same_size_conv(conv):
+                    return None
+                convs.append([conv, 0])
+            elif target in _ACTS:
+                if residual and final_act == 0:
+                    final_act = _ACTS[target]
+                elif convs and not residual and convs[-1][1] == 0:
+                    convs[-1][1] = _ACTS[target]
+                else:
+                    return None
+            elif target is not nn.Identity:
+                return None
+            if cur is not x and len(cur.users) != 1:
+                return None  # a value read twice is no chain
+            cur = node
+        return None
+
+
+def _same_size_conv(conv: nn.Conv2d) -> bool:
+    kh, kw = conv.kernel_size
+    return (conv.stride == (1, 1) and conv.padding_mode == 'zeros'
+            and not isinstance(conv.padding, str)
+            and 2 * conv.padding[0] == conv.dilation[0] * (kh - 1)
+            and 2 * conv.padding[1] == conv.dilation[1] * (kw - 1))
+
+
+def _chain_fits(convs) -> bool:
+    channels = convs[0][0].in_channels
+    for conv, _ in convs:
+        if conv.in_channels != channels:
+            return False
+        channels = conv.out_channels
+    macs = sum(c.weight[0].numel() * c.out_channels for c, _ in convs)
+    return macs <= ConvChain.MAX_MACS_PER_PIXEL
+
+
 def _set_submodule(root: nn.Module, target: str, value: nn.Module) -> None:
     parent, _, name = target.rpartition('.')
     setattr(root.get_submodule(parent) if parent else root, name, value)
 
 
+def mod_blocks(model: nn.Module) -> list:
+    """The MoD blocks of ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, MoDBlock)]
+
+
 def switch_to_deploy(model: nn.Module) -> nn.Module:
     """Calls :meth:`MoDBlock.switch_to_deploy` on every MoD block of
-    ``model`` (which must be in eval mode); returns ``model``."""
-    for m in model.modules():
-        if isinstance(m, MoDBlock):
-            m.switch_to_deploy()
+    ``model`` (which must be in eval mode); returns ``model``. Each
+    deployed block adds into its input in place (see :class:`MoDBlock`)."""
+    for m in mod_blocks(model):
+        m.switch_to_deploy()
     return model

@@ -1,4 +1,4 @@
-"""The MoD block's two ops, registered with PyTorch's dispatcher as
+"""The MoD block's ops, registered with PyTorch's dispatcher as
 ``torch.ops.mmmod.*`` (as torchvision registers ``nms`` and ``roi_align``).
 
 ``select_channels(x, w1, b1, w2, b2, k) -> (x_k, scores, idx)``
@@ -12,6 +12,14 @@
     ``offset .. offset + k - 1``, or each back at ``idx`` when ``offset < 0``.
     ``x`` is never written.
 
+The inference form (:meth:`mmmod.layers.MoDBlock.switch_to_deploy`) adds:
+
+``conv_chain(x, weights, biases, meta, residual, final_act) -> y``
+    A Conv-Block with its BN folded, as one call: stride-1 "same" convs in
+    a row (``meta``: six ints per conv, ``pad_h, pad_w, dil_h, dil_w,
+    groups, act``, act 0 none, 1 ReLU, 2 ReLU6), then ``+ x`` if
+    ``residual``, then ``final_act``. Not differentiable.
+
 Each op has, here or in ``csrc/ops.cpp``:
 
 * its schema (below);
@@ -20,11 +28,12 @@ Each op has, here or in ``csrc/ops.cpp``:
   Python function;
 * a composite implementation in standard ATen ops (``_*_composite``): the
   kernel for every other device (CUDA) and for installs without the
-  extension (``MMMOD_WITH_EXT=0``), and the decomposition inductor compiles;
+  extension (``MMMOD_WITH_EXT=0``), and the reference the tests compare the
+  kernels with;
 * a fake implementation, for ``torch.compile`` and ``torch.export``;
-* autograd (its backward in ATen ops), so that training runs the same ops;
-* an ONNX translation to standard ops (TopK, GatherElements, Concat, ...)
-  for :func:`mmmod.deployment.export` (:data:`ONNX_TRANSLATIONS`).
+* autograd for the two training ops (their backward in ATen ops), so that
+  training runs the same ops;
+* an ONNX translation to standard ops, in :mod:`mmmod.deployment.onnx`.
 """
 import os
 
@@ -40,6 +49,8 @@ _lib.define('select_channels(Tensor x, Tensor w1, Tensor? b1, Tensor w2, '
             'Tensor? b2, int k) -> (Tensor, Tensor, Tensor)', tags=_TAGS)
 _lib.define('fuse_channels(Tensor x, Tensor y, Tensor scores, Tensor idx, '
             'int offset) -> Tensor', tags=_TAGS)
+_lib.define('conv_chain(Tensor x, Tensor[] weights, Tensor?[] biases, '
+            'int[] meta, bool residual, int final_act) -> Tensor', tags=_TAGS)
 
 _ext = None
 # MMMOD_WITH_EXT=0 (as for setup.py): run without the C++ kernels even where
@@ -90,6 +101,27 @@ def _fuse_channels_composite(x, y, scores, idx, offset):
     return out.contiguous(memory_format=_layout(x))
 
 
+#: Values per conv in ``conv_chain``'s ``meta``.
+CHAIN_META = 6
+
+
+def _activate(y: Tensor, act: int) -> Tensor:
+    return y if act == 0 else y.relu() if act == 1 else F.relu6(y)
+
+
+def _conv_chain_composite(x, weights, biases, meta, residual, final_act):
+    y = x
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        pad_h, pad_w, dil_h, dil_w, groups, act = meta[CHAIN_META * i:
+                                                       CHAIN_META * (i + 1)]
+        y = _activate(
+            F.conv2d(y, w, b, padding=(pad_h, pad_w), dilation=(dil_h, dil_w),
+                     groups=groups), act)
+    if residual:
+        y = y + x
+    return _activate(y, final_act).contiguous(memory_format=_layout(x))
+
+
 def _check_select(x, k):
     torch._check(x.dim() == 4, lambda: 'mmmod::select_channels: x must have '
                  f'shape (N, C, H, W), got {tuple(x.shape)}')
@@ -126,9 +158,25 @@ def _fuse_channels(x, y, scores, idx, offset):
     return _fuse_channels_composite(x, y, scores, idx, offset)
 
 
+def _check_chain(x, weights, biases, meta):
+    torch._check(
+        x.dim() == 4 and len(weights) >= 1 and len(biases) == len(weights)
+        and len(meta) == CHAIN_META * len(weights),
+        lambda: f'mmmod::conv_chain: x of shape {tuple(x.shape)} with '
+        f'{len(weights)} weights, {len(biases)} biases, {len(meta)} meta '
+        f'values ({CHAIN_META} a conv)')
+
+
+def _conv_chain(x, weights, biases, meta, residual, final_act):
+    _check_chain(x, weights, biases, meta)
+    return _conv_chain_composite(x, weights, biases, meta, residual,
+                                 final_act)
+
+
 # every device's kernel, but for CPU's when mmmod._ext is built
 _lib.impl('select_channels', _select_channels, 'CompositeExplicitAutograd')
 _lib.impl('fuse_channels', _fuse_channels, 'CompositeExplicitAutograd')
+_lib.impl('conv_chain', _conv_chain, 'CompositeExplicitAutograd')
 
 
 @torch.library.register_fake('mmmod::select_channels')
@@ -145,6 +193,14 @@ def _fuse_channels_fake(x, y, scores, idx, offset):
     _check_fuse(x, y, scores, idx, offset)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device,
                        memory_format=_layout(x))
+
+
+@torch.library.register_fake('mmmod::conv_chain')
+def _conv_chain_fake(x, weights, biases, meta, residual, final_act):
+    _check_chain(x, weights, biases, meta)
+    n, _, h, w = x.shape
+    return torch.empty((n, weights[-1].shape[0], h, w), dtype=x.dtype,
+                       device=x.device, memory_format=_layout(x))
 
 
 def _select_setup(ctx, inputs, output):
@@ -208,3 +264,26 @@ def fuse_channels(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
     and the sum keeps the map's dtype (no-ops otherwise)."""
     return torch.ops.mmmod.fuse_channels(x, y.to(x.dtype), scores.to(x.dtype),
                                          idx, offset)
+
+
+def fuse_channels_(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
+                   offset: int) -> Tensor:
+    """What :func:`fuse_channels` computes, added into ``x`` (the inference
+    form); returns ``x``. Standard in-place ops, not a registered op: an
+    eager call costs two small ATen calls on ``k`` channels, inductor fuses
+    it and writes the channels in the map's buffer, in the map's layout (a
+    mutating custom op would make inductor copy channels-last maps to
+    NCHW around it under freezing), and the exporters know it (ONNX:
+    ScatterElements, see :mod:`mmmod.deployment.onnx`)."""
+    y = y.to(x.dtype) * scores.to(x.dtype)[:, :, None, None]
+    if offset < 0:
+        return x.scatter_add_(1, _expand(idx, x), y)
+    x.narrow(1, offset, y.shape[1]).add_(y)
+    return x
+
+
+def conv_chain(x: Tensor, weights, biases, meta, residual: bool,
+               final_act: int) -> Tensor:
+    """``torch.ops.mmmod.conv_chain`` (see the module docstring)."""
+    return torch.ops.mmmod.conv_chain(x, weights, biases, meta, residual,
+                                      final_act)

@@ -68,21 +68,54 @@ def measure_train_throughput(models: Dict[str, nn.Module],
 
 def skip_mod_blocks(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every MoD block an ``nn.Identity``: what the
-    model would cost if its MoD blocks were free (the speed-up bound)."""
+    model would cost if its MoD blocks were free (the skip bound)."""
+    return _replace_mod_blocks(model, lambda block: nn.Identity())
+
+
+class FloorBlock(nn.Module):
+    """What every MoD block must do, and nothing more: read the whole map
+    once (the channel means the selector starts from) and add onto its
+    ``k`` target channels. In eval mode the add is written into ``x`` (one
+    in-place ``add_``; compiled and exported graphs may run it in x's
+    buffer); in training mode it makes a new map, as autograd needs."""
+
+    def __init__(self, k: int, offset: int):
+        super().__init__()
+        self.k, self.offset = k, max(offset, 0)
+
+    def forward(self, x):
+        m = x.mean((2, 3))[:, :self.k, None, None]
+        if self.training:
+            return x.slice_scatter(
+                x.narrow(1, self.offset, self.k) + m, dim=1,
+                start=self.offset, end=self.offset + self.k)
+        x.narrow(1, self.offset, self.k).add_(m)
+        return x
+
+
+def floor_mod_blocks(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every MoD block a :class:`FloorBlock`: the
+    physical limit of any MoD implementation, between the MoD model and its
+    skip bound."""
+    return _replace_mod_blocks(
+        model, lambda block: FloorBlock(block.k, block._fusion_offset))
+
+
+def _replace_mod_blocks(model, make):
     from mmmod.layers import MoDBlock
 
     model = copy.deepcopy(model)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, MoDBlock):
-                setattr(parent, name, nn.Identity())
+                setattr(parent, name, make(child).train(child.training))
     return model
 
 
 def has_mod_blocks(model: nn.Module) -> bool:
-    from mmmod.layers import MoDBlock
+    from mmmod.layers import mod_blocks
 
-    return any(isinstance(m, MoDBlock) for m in model.modules())
+    return bool(mod_blocks(model))
 
 
 def _prepare(models, input_shape, batch_size, channels_last, device):

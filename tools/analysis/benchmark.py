@@ -2,16 +2,21 @@
 
     python tools/analysis/benchmark.py \
         configs/resnet_mod/baselines/resnet50_8xb32_in1k.py \
-        configs/resnet_mod/resnet50-mod_8xb32_in1k.py \
+        configs/resnet_mod/resnet75-mod_8xb32_in1k.py \
+        configs/resnet_mod/resnet86-mod_8xb32_in1k.py \
         --threads 2 --out work_dirs/benchmark/r50.md
 
-The first config is the baseline. Each MoD model is joined by its skip bound
-(every MoD block an identity). For each mode (``--modes``; default every CPU
-mode, and the CUDA ones when there is a GPU) and batch size, all models are
-timed interleaved in this process; a table per mode and batch size gives
-medians and quartiles, speed-ups over the baseline, each MoD model's share
-of its bound and the paper's speed-ups; a last table, each model's fastest
-mode. The measuring lives in :mod:`mmmod.analysis.benchmark`.
+The first config is the baseline; every other is paired with it. Each MoD
+model is timed in its inference form (``switch_to_deploy``) and joined by its
+training form, its floor (every MoD block only reads the map and adds onto k
+channels) and its skip bound (every MoD block an identity). For each mode
+(``--modes``; default every CPU mode, and the CUDA ones when there is a GPU)
+and batch size, all models are timed interleaved in this process; a table
+per mode and batch size gives medians and quartiles, speed-ups over the
+baseline, each MoD model's share of its floor and skip bound and the paper's
+speed-ups; ``--profile N`` adds each MoD model's time per op beside its
+floor's; a last table, each model's fastest mode. The measuring lives in
+:mod:`mmmod.analysis.benchmark`.
 """
 import argparse
 import json
@@ -58,6 +63,11 @@ def parse_args(argv=None):
                    help='untimed training steps first, >= 1 (default 2)')
     p.add_argument('--train-repeats', type=int, default=10,
                    help='timed training steps; 0: no training (default 10)')
+    p.add_argument('--profile', type=int, default=0, metavar='N',
+                   help='profile N forwards of each MoD model and its floor '
+                   'per mode and batch size (torch.profiler; ONNX Runtime\'s '
+                   'profiler in the onnxruntime mode) and print their time '
+                   'per op side by side (default 0: no profile)')
     p.add_argument('--opset', type=int, default=18,
                    help='ONNX opset of the onnxruntime mode (default 18)')
     p.add_argument('--out', help='write the tables here as Markdown, and the '
@@ -82,7 +92,8 @@ def parse_args(argv=None):
             train_warmup=args.train_warmup,
             train_repeats=args.train_repeats,
             channels_last=args.channels_last,
-            opset=args.opset)
+            opset=args.opset,
+            profile=args.profile)
         bench.model_names(args.configs)
     except ValueError as e:
         p.error(str(e))

@@ -20,7 +20,7 @@ import os.path as osp
 
 import torch
 
-from mmmod.analysis.benchmark import model_names, session_step
+from mmmod.analysis.benchmark import SessionStep, model_names
 from mmmod.deployment import (build_tensor_model, export, max_abs_diff,
                               session)
 from mmmod.utils.benchmark import spread_warning, time_interleaved
@@ -91,7 +91,7 @@ def main(argv=None):
                                f'{diff:.2e} > --atol {args.atol:g}')
     if args.repeats:
         x = torch.randn(shape)
-        steps = {name: session_step(s, x) for name, s in sessions.items()}
+        steps = {name: SessionStep(s, x) for name, s in sessions.items()}
         timing = time_interleaved(steps, args.warmup, args.repeats)
         names = list(models)  # the config's model, then the baseline
         print(f'ONNX Runtime latency (CPU, {args.threads or "default"} '

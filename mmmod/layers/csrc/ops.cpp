@@ -1,7 +1,8 @@
 // The CPU kernels of the MoD block's ops, registered with PyTorch's
 // dispatcher (TORCH_LIBRARY_IMPL below). The schemas and the rest of each op
-// (composite implementation for other devices, fake tensor rule, autograd,
-// ONNX translation) are in mmmod/layers/ops.py, which imports this module.
+// (composite implementation for other devices, fake tensor rule, autograd)
+// are in mmmod/layers/ops.py, which imports this module; their ONNX forms are
+// in mmmod/deployment/onnx.py.
 //
 //   select_channels: channel means -> Linear -> ReLU -> Linear -> top-k of
 //                    the logits -> sigmoid, and the chosen channels copied
@@ -11,6 +12,11 @@
 //                    expanded index.
 //   fuse_channels:   a new map: x, with y * scores added to k of its
 //                    channels (one copy of x, then the k channels).
+//   conv_chain:      a folded Conv-Block on a few channels (stride-1 convs,
+//                    each with bias and optional ReLU / ReLU6, an optional
+//                    residual add and final activation) in one call: direct
+//                    convolution, plane by plane. On k = 1..32 channels each
+//                    oneDNN call costs more than the arithmetic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -18,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -89,21 +96,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
   return {out, scores, idx};
 }
 
-// out = x, then out[s, dst] += y[s, j] * scores[s, j] for the k
-// target channels dst of each sample.
+// out[s, dst] += y[s, j] * scores[s, j] for the k target channels dst of
+// each sample (out has x's shape and layout, y's layout).
 template <typename T>
-void fuse_into(const at::Tensor& x, const at::Tensor& y, const T* sp,
-               const std::vector<int64_t>& dst, at::Tensor& out) {
-  const int64_t n = x.size(0), c = x.size(1), k = y.size(1);
-  const int64_t hw = x.size(2) * x.size(3);
-  const T* xp = x.data_ptr<T>();
+void add_channels(const at::Tensor& y, const T* sp,
+                  const std::vector<int64_t>& dst, at::Tensor& out) {
+  const int64_t n = out.size(0), c = out.size(1), k = y.size(1);
+  const int64_t hw = out.size(2) * out.size(3);
   const T* yp = y.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  // the copy of x is the kernel's main cost: on every thread, as clone()
-  at::parallel_for(0, x.numel(), kPlaneGrain, [&](int64_t i0, int64_t i1) {
-    std::copy(xp + i0, xp + i1, op + i0);
-  });
-  if (layout_of(x) == at::MemoryFormat::Contiguous) {
+  if (layout_of(out) == at::MemoryFormat::Contiguous) {
     // a sample per task: its targets may repeat (idx), and then add up
     at::parallel_for(0, n, 1, [&](int64_t s0, int64_t s1) {
       for (int64_t i = s0 * k; i < s1 * k; ++i) {
@@ -132,29 +134,30 @@ void fuse_into(const at::Tensor& x, const at::Tensor& y, const T* sp,
   }
 }
 
-at::Tensor fuse_channels_cpu(const at::Tensor& x_any, const at::Tensor& y_any,
-                             const at::Tensor& scores_any,
-                             const at::Tensor& idx_any, int64_t offset) {
-  check_map(x_any, "fuse_channels", "x");
-  check_map(y_any, "fuse_channels", "y");
-  const int64_t n = x_any.size(0), c = x_any.size(1), k = y_any.size(1);
-  TORCH_CHECK(y_any.size(0) == n && y_any.size(2) == x_any.size(2) &&
-                  y_any.size(3) == x_any.size(3) && k <= c,
-              "mmmod::fuse_channels: y of shape ", y_any.sizes(),
-              " does not fit x of shape ", x_any.sizes());
-  TORCH_CHECK(y_any.scalar_type() == x_any.scalar_type() &&
-                  scores_any.scalar_type() == x_any.scalar_type(),
-              "mmmod::fuse_channels: x, y and scores must have one dtype, "
-              "got ", x_any.scalar_type(), ", ", y_any.scalar_type(), ", ",
-              scores_any.scalar_type());
-  TORCH_CHECK(scores_any.dim() == 2 && scores_any.size(0) == n &&
-                  scores_any.size(1) == k,
+// Checks fuse_channels' arguments; returns each sample's target channels.
+std::vector<int64_t> fuse_targets(const at::Tensor& x,
+                                  const at::Tensor& y,
+                                  const at::Tensor& scores,
+                                  const at::Tensor& idx_any, int64_t offset) {
+  check_map(x, "fuse_channels", "x");
+  check_map(y, "fuse_channels", "y");
+  const int64_t n = x.size(0), c = x.size(1), k = y.size(1);
+  TORCH_CHECK(y.size(0) == n && y.size(2) == x.size(2) &&
+                  y.size(3) == x.size(3) && k <= c,
+              "mmmod::fuse_channels: y of shape ", y.sizes(),
+              " does not fit x of shape ", x.sizes());
+  TORCH_CHECK(y.scalar_type() == x.scalar_type() &&
+                  scores.scalar_type() == x.scalar_type(),
+              "mmmod::fuse_channels: x, y and scores must have one dtype, got ",
+              x.scalar_type(), ", ", y.scalar_type(), ", ",
+              scores.scalar_type());
+  TORCH_CHECK(scores.dim() == 2 && scores.size(0) == n && scores.size(1) == k,
               "mmmod::fuse_channels: scores must have shape (", n, ", ", k,
-              "), got ", scores_any.sizes());
+              "), got ", scores.sizes());
   TORCH_CHECK(idx_any.scalar_type() == at::kLong && idx_any.dim() == 2 &&
                   idx_any.size(0) == n && idx_any.size(1) == k,
-              "mmmod::fuse_channels: idx must be int64 of shape (", n, ", ",
-              k, "), got ", idx_any.scalar_type(), " ", idx_any.sizes());
+              "mmmod::fuse_channels: idx must be int64 of shape (", n, ", ", k,
+              "), got ", idx_any.scalar_type(), " ", idx_any.sizes());
   TORCH_CHECK(offset < 0 || offset + k <= c, "mmmod::fuse_channels: offset=",
               offset, " + k=", k, " exceeds the ", c, " channels of x");
   const auto idx = idx_any.contiguous();
@@ -165,6 +168,14 @@ at::Tensor fuse_channels_cpu(const at::Tensor& x_any, const at::Tensor& y_any,
     TORCH_CHECK(0 <= dst[i] && dst[i] < c, "mmmod::fuse_channels: channel ",
                 "index ", dst[i], " is not in [0, ", c, ")");
   }
+  return dst;
+}
+
+at::Tensor fuse_channels_cpu(const at::Tensor& x_any, const at::Tensor& y_any,
+                             const at::Tensor& scores_any,
+                             const at::Tensor& idx_any, int64_t offset) {
+  const auto dst =
+      fuse_targets(x_any, y_any, scores_any, idx_any, offset);
   const auto format = layout_of(x_any);
   const at::Tensor x = x_any.contiguous(format);
   const at::Tensor y = y_any.contiguous(format);
@@ -172,8 +183,273 @@ at::Tensor fuse_channels_cpu(const at::Tensor& x_any, const at::Tensor& y_any,
   auto out = at::empty_like(x, x.options().memory_format(format));
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "fuse_channels", [&] {
-        fuse_into<scalar_t>(x, y, scores.data_ptr<scalar_t>(), dst, out);
+        const scalar_t* xp = x.data_ptr<scalar_t>();
+        scalar_t* op = out.data_ptr<scalar_t>();
+        // the copy of x is the kernel's main cost: on every thread, as
+        // clone()
+        at::parallel_for(0, x.numel(), kPlaneGrain,
+                         [&](int64_t i0, int64_t i1) {
+                           std::copy(xp + i0, xp + i1, op + i0);
+                         });
+        add_channels<scalar_t>(y, scores.data_ptr<scalar_t>(), dst, out);
       });
+  return out;
+}
+
+// Layer l of a conv chain: meta[6 l .. 6 l + 5] = pad_h, pad_w, dil_h,
+// dil_w, groups, act (0 none, 1 ReLU, 2 ReLU6).
+constexpr int64_t kMeta = 6;
+
+template <typename T>
+void activate(T* p, int64_t size, int64_t act) {
+  if (act == 1) {
+    for (int64_t i = 0; i < size; ++i) p[i] = p[i] < T(0) ? T(0) : p[i];
+  } else if (act == 2) {
+    for (int64_t i = 0; i < size; ++i)
+      p[i] = p[i] < T(0) ? T(0) : (p[i] > T(6) ? T(6) : p[i]);
+  }
+}
+
+// Output channels [co0, co1) of one stride-1 convolution of a sample. The
+// input planes are zero-padded, `wp` wide; the output planes lie on the
+// same `wp`-wide grid (columns w.. wp-1 are scratch), so that each weight
+// is one long contiguous multiply-add over the whole plane, shifted, which
+// vectorises whatever the map's width. Four output channels share each
+// input load.
+struct ConvGeometry {
+  int64_t cin_g, cout_g, kh, kw, dil_h, dil_w, wp, plane_in, plane_out, len;
+};
+
+template <typename T>
+__attribute__((always_inline)) inline void conv_channels(
+    const T* __restrict in, const T* __restrict wt, const T* bias,
+    T* __restrict out, const ConvGeometry& g, int64_t co0, int64_t co1) {
+  const int64_t taps = g.kh * g.kw;
+  for (int64_t co = co0; co < co1;) {
+    const int64_t group = co / g.cout_g;
+    // a block of up to four channels of one group
+    const int64_t nb =
+        std::min<int64_t>({4, co1 - co, (group + 1) * g.cout_g - co});
+    T* o[4];
+    for (int64_t b = 0; b < 4; ++b) o[b] = out + (co + std::min(b, nb - 1)) *
+                                                     g.plane_out;
+    for (int64_t b = 0; b < nb; ++b)
+      std::fill(o[b], o[b] + g.plane_out, bias ? bias[co + b] : T(0));
+    for (int64_t j = 0; j < g.cin_g; ++j) {
+      const T* ip = in + (group * g.cin_g + j) * g.plane_in;
+      for (int64_t r = 0; r < g.kh; ++r) {
+        for (int64_t s = 0; s < g.kw; ++s) {
+          const T* __restrict src = ip + r * g.dil_h * g.wp + s * g.dil_w;
+          const int64_t tap = (j * g.kh + r) * g.kw + s;
+          if (nb == 4) {
+            const T w0 = wt[(co + 0) * g.cin_g * taps + tap];
+            const T w1 = wt[(co + 1) * g.cin_g * taps + tap];
+            const T w2 = wt[(co + 2) * g.cin_g * taps + tap];
+            const T w3 = wt[(co + 3) * g.cin_g * taps + tap];
+            T* __restrict o0 = o[0];
+            T* __restrict o1 = o[1];
+            T* __restrict o2 = o[2];
+            T* __restrict o3 = o[3];
+            for (int64_t i = 0; i < g.len; ++i) {
+              const T v = src[i];
+              o0[i] += w0 * v;
+              o1[i] += w1 * v;
+              o2[i] += w2 * v;
+              o3[i] += w3 * v;
+            }
+          } else {
+            for (int64_t b = 0; b < nb; ++b) {
+              const T wv = wt[(co + b) * g.cin_g * taps + tap];
+              T* __restrict ob = o[b];
+              for (int64_t i = 0; i < g.len; ++i) ob[i] += wv * src[i];
+            }
+          }
+        }
+      }
+    }
+    co += nb;
+  }
+}
+
+// float32 compiled for AVX2 too, chosen at load time by the CPU (function
+// multiversioning, x86-64 ELF): the extension is built without -march
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__)
+#define MMMOD_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define MMMOD_AVX2_CLONES
+#endif
+
+MMMOD_AVX2_CLONES void conv_channels_f32(
+    const float* in, const float* wt, const float* bias, float* out,
+    const ConvGeometry& g, int64_t co0, int64_t co1) {
+  conv_channels<float>(in, wt, bias, out, g, co0, co1);
+}
+
+void conv_channels_any(const float* in, const float* wt, const float* bias,
+                       float* out, const ConvGeometry& g, int64_t co0,
+                       int64_t co1) {
+  conv_channels_f32(in, wt, bias, out, g, co0, co1);
+}
+
+void conv_channels_any(const double* in, const double* wt, const double* bias,
+                       double* out, const ConvGeometry& g, int64_t co0,
+                       int64_t co1) {
+  conv_channels<double>(in, wt, bias, out, g, co0, co1);
+}
+
+// One conv layer of a sample: in (cin, h, w) -> out (cout, h, w), both
+// compact planes; pad and grid are scratch.
+template <typename T>
+void conv_planes(const T* in, T* out, const at::Tensor& weight,
+                 const c10::optional<at::Tensor>& bias, const int64_t* meta,
+                 int64_t h, int64_t w, std::vector<T>& pad,
+                 std::vector<T>& grid) {
+  const int64_t cout = weight.size(0), cin_g = weight.size(1);
+  const int64_t pad_h = meta[0], pad_w = meta[1], groups = meta[4];
+  const int64_t cin = cin_g * groups, hw = h * w;
+  ConvGeometry g{cin_g, cout / groups, weight.size(2), weight.size(3),
+                 meta[2], meta[3], w + 2 * pad_w, 0, 0, 0};
+  g.plane_in = (h + 2 * pad_h) * g.wp;
+  g.plane_out = h * g.wp;
+  g.len = (h - 1) * g.wp + w;  // the last row's scratch columns: not read
+  const T* src = in;
+  if (pad_h || pad_w) {
+    pad.assign(cin * g.plane_in, T(0));
+    for (int64_t c = 0; c < cin; ++c)
+      for (int64_t y = 0; y < h; ++y)
+        std::copy_n(in + c * hw + y * w, w,
+                    pad.data() + c * g.plane_in + (y + pad_h) * g.wp + pad_w);
+    src = pad.data();
+  }
+  T* dst = out;
+  if (g.wp != w) {
+    grid.resize(cout * g.plane_out);
+    dst = grid.data();
+  }
+  const T* wp = weight.data_ptr<T>();
+  const T* bp = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  // output channels on every thread when the layer is big enough to share
+  const int64_t work = std::max<int64_t>(cin_g * g.kh * g.kw * hw, 1);
+  at::parallel_for(0, cout, kPlaneGrain / work + 1, [&](int64_t c0,
+                                                        int64_t c1) {
+    conv_channels_any(src, wp, bp, dst, g, c0, c1);
+  });
+  if (dst != out)
+    for (int64_t c = 0; c < cout; ++c)
+      for (int64_t y = 0; y < h; ++y)
+        std::copy_n(dst + c * g.plane_out + y * g.wp, w, out + c * hw + y * w);
+  activate(out, cout * hw, meta[5]);
+}
+
+template <typename T>
+void run_chain(const at::Tensor& x, at::TensorList weights,
+               const std::vector<c10::optional<at::Tensor>>& biases,
+               at::IntArrayRef meta, bool residual, int64_t final_act,
+               at::Tensor& out) {
+  const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t hw = h * w, cout = out.size(1);
+  const bool nchw = layout_of(x) == at::MemoryFormat::Contiguous;
+  int64_t widest = cin;
+  for (const auto& wt : weights) widest = std::max(widest, wt.size(0));
+  const T* xp = x.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  auto samples = [&](int64_t s0, int64_t s1) {
+    // scratch, written before it is read: not zeroed
+    std::unique_ptr<T[]> in_buf(new T[nchw ? 0 : cin * hw]),
+        a(new T[widest * hw]), b(new T[widest * hw]);
+    std::vector<T> pad, grid;
+    for (int64_t s = s0; s < s1; ++s) {
+      const T* in = xp + s * cin * hw;
+      if (!nchw) {  // NHWC -> planes
+        for (int64_t p = 0; p < hw; ++p)
+          for (int64_t j = 0; j < cin; ++j) in_buf[j * hw + p] = in[p * cin + j];
+        in = in_buf.get();
+      }
+      const T* cur = in;
+      for (size_t l = 0; l < weights.size(); ++l) {
+        T* dst = (l % 2 == 0) ? a.get() : b.get();
+        conv_planes<T>(cur, dst, weights[l], biases[l],
+                       meta.data() + l * kMeta, h, w, pad, grid);
+        cur = dst;
+      }
+      T* res = const_cast<T*>(cur);
+      if (residual)
+        for (int64_t i = 0; i < cout * hw; ++i) res[i] += in[i];
+      activate(res, cout * hw, final_act);
+      T* o = op + s * cout * hw;
+      if (nchw) {
+        std::copy(res, res + cout * hw, o);
+      } else {  // planes -> NHWC
+        for (int64_t p = 0; p < hw; ++p)
+          for (int64_t j = 0; j < cout; ++j) o[p * cout + j] = res[j * hw + p];
+      }
+    }
+  };
+  // a sample per task; a single sample on this thread, so that its layers
+  // can share out their output channels (a nested parallel_for runs inline)
+  if (n == 1) {
+    samples(0, 1);
+  } else {
+    at::parallel_for(0, n, 1, samples);
+  }
+}
+
+at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
+                          at::ArrayRef<c10::optional<at::Tensor>> biases_any,
+                          at::IntArrayRef meta, bool residual,
+                          int64_t final_act) {
+  check_map(x_any, "conv_chain", "x");
+  const int64_t layers = static_cast<int64_t>(weights_any.size());
+  TORCH_CHECK(layers >= 1 &&
+                  static_cast<int64_t>(biases_any.size()) == layers &&
+                  static_cast<int64_t>(meta.size()) == kMeta * layers,
+              "mmmod::conv_chain: ", layers, " weights need as many biases ",
+              "and ", kMeta, " meta values each, got ", biases_any.size(),
+              " and ", meta.size());
+  TORCH_CHECK(x_any.scalar_type() == at::kFloat ||
+                  x_any.scalar_type() == at::kDouble,
+              "mmmod::conv_chain: the CPU kernel runs float32 and float64, ",
+              "got ", x_any.scalar_type());
+  const auto format = layout_of(x_any);
+  const at::Tensor x = x_any.contiguous(format);
+  std::vector<at::Tensor> weights;
+  std::vector<c10::optional<at::Tensor>> biases;
+  int64_t channels = x.size(1);
+  for (int64_t l = 0; l < layers; ++l) {
+    const auto& wt = weights_any[l];
+    const int64_t* m = meta.data() + l * kMeta;
+    TORCH_CHECK(wt.dim() == 4 && wt.scalar_type() == x.scalar_type() &&
+                    m[4] >= 1 && wt.size(0) % m[4] == 0 &&
+                    wt.size(1) * m[4] == channels,
+                "mmmod::conv_chain: layer ", l, ": weight ", wt.sizes(),
+                " (", wt.scalar_type(), ", groups ", m[4], ") does not take ",
+                channels, " channels of ", x.scalar_type());
+    TORCH_CHECK(2 * m[0] == m[2] * (wt.size(2) - 1) &&
+                    2 * m[1] == m[3] * (wt.size(3) - 1) && m[5] >= 0 &&
+                    m[5] <= 2,
+                "mmmod::conv_chain: layer ", l, ": padding (", m[0], ", ",
+                m[1], ") and dilation (", m[2], ", ", m[3], ") must keep ",
+                "the size of the map, act must be 0, 1 or 2, got ", m[5]);
+    weights.push_back(wt.contiguous());
+    const auto& b = biases_any[l];
+    TORCH_CHECK(!b.has_value() || (b->dim() == 1 && b->size(0) == wt.size(0) &&
+                                   b->scalar_type() == x.scalar_type()),
+                "mmmod::conv_chain: layer ", l, ": bias must have shape (",
+                wt.size(0), ")");
+    biases.push_back(b.has_value() ? c10::optional<at::Tensor>(b->contiguous())
+                                   : c10::nullopt);
+    channels = wt.size(0);
+  }
+  TORCH_CHECK(!residual || channels == x.size(1), "mmmod::conv_chain: the ",
+              "residual add needs ", x.size(1), " output channels, got ",
+              channels);
+  TORCH_CHECK(0 <= final_act && final_act <= 2, "mmmod::conv_chain: ",
+              "final_act must be 0, 1 or 2, got ", final_act);
+  auto out = at::empty({x.size(0), channels, x.size(2), x.size(3)},
+                       x.options().memory_format(format));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_chain", [&] {
+    run_chain<scalar_t>(x, weights, biases, meta, residual, final_act, out);
+  });
   return out;
 }
 
@@ -182,6 +458,7 @@ at::Tensor fuse_channels_cpu(const at::Tensor& x_any, const at::Tensor& y_any,
 TORCH_LIBRARY_IMPL(mmmod, CPU, m) {
   m.impl("select_channels", &select_channels_cpu);
   m.impl("fuse_channels", &fuse_channels_cpu);
+  m.impl("conv_chain", &conv_chain_cpu);
 }
 
 // Importing mmmod._ext runs the registrations above; it has no Python API.

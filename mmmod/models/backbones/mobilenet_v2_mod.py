@@ -24,6 +24,8 @@ class MobileNetV2MoD(MobileNetV2):
             ``'default'`` and 32 for ``'L'``.
         fusion (str): ``'first-k'`` (default), ``'last-k'`` or
             ``'original'``.
+        deploy (bool): MoD blocks in their inference form
+            (:meth:`mmmod.layers.MoDBlock.switch_to_deploy`).
     """
 
     # [expand_ratio t, channels c, repeats n, stride s] per stage
@@ -36,7 +38,8 @@ class MobileNetV2MoD(MobileNetV2):
     }
     default_c = {'default': 24, 'L': 32}
 
-    def __init__(self, arch='default', c=None, fusion='first-k', **kwargs):
+    def __init__(self, arch='default', c=None, fusion='first-k',
+                 deploy=False, **kwargs):
         if arch not in self.arch_zoo:
             raise KeyError(f'MobileNetV2MoD: arch={arch!r} is not one of '
                            f'{sorted(self.arch_zoo)}')
@@ -44,6 +47,7 @@ class MobileNetV2MoD(MobileNetV2):
         self.arch_settings = self.arch_zoo[arch]
         self.c = self.default_c[arch] if c is None else c
         self.fusion = fusion
+        self.deploy = deploy
         super().__init__(**kwargs)
 
     def make_layer(self, out_channels, num_blocks, stride, expand_ratio):
@@ -65,7 +69,8 @@ class MobileNetV2MoD(MobileNetV2):
                         out_channels,
                         lambda k: InvertedResidual(k, k, 1, **block_kwargs),
                         c=self.c,
-                        fusion=self.fusion))
+                        fusion=self.fusion,
+                        deploy=self.deploy))
             else:
                 layers.append(
                     InvertedResidual(out_channels, out_channels, 1,

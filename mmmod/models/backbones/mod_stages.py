@@ -160,7 +160,8 @@ class _MoDStageBlocks:
             block_args.out_channels(self.block, args),
             partial(self.conv_block, args, index),
             c=self.backbone.c,
-            fusion=self.backbone.fusion)
+            fusion=self.backbone.fusion,
+            deploy=self.backbone.deploy)
 
     def conv_block(self, args: dict, index: int, k: int) -> nn.Module:
         """The block of ``args`` on ``k -> k`` channels, stride 1."""
@@ -206,18 +207,22 @@ class MoDStagesMixin:
             the first stage of every depth).
         fusion (str): ``'first-k'`` (default), ``'last-k'`` or
             ``'original'``; see :class:`mmmod.layers.MoDBlock`.
+        deploy (bool): build the MoD blocks in their inference form
+            (:meth:`mmmod.layers.MoDBlock.switch_to_deploy`), to load a
+            checkpoint converted by ``tools/deployment/switch_to_deploy.py``.
     """
 
     block_args: BlockArgs = BlockArgs()
 
     def __init__(self, depth: int, c: int = 64, fusion: str = 'first-k',
-                 **kwargs):
+                 deploy: bool = False, **kwargs):
         if depth not in self.arch_settings:
             raise KeyError(f'{type(self).__name__}: depth={depth!r} is not '
                            f'one of {sorted(self.arch_settings)}')
         # read by make_res_layer, which the stock __init__ calls
         self.c = c
         self.fusion = fusion
+        self.deploy = deploy
         self.in_channels = kwargs.get('in_channels', 3)
         super().__init__(depth=depth, **kwargs)
 

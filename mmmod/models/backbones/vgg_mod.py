@@ -17,12 +17,15 @@ class VGGMoD(VGG):
         c (int): MoD capacity divisor. Default 64.
         fusion (str): ``'first-k'`` (default), ``'last-k'`` or
             ``'original'``.
+        deploy (bool): MoD layers in their inference form
+            (:meth:`mmmod.layers.MoDBlock.switch_to_deploy`).
     """
 
     def __init__(self,
                  depth,
                  c=64,
                  fusion='first-k',
+                 deploy=False,
                  conv_cfg=None,
                  norm_cfg=dict(type='BN'),
                  act_cfg=dict(type='ReLU'),
@@ -58,7 +61,8 @@ class VGGMoD(VGG):
                         conv_cfg=conv_cfg, norm_cfg=norm_cfg,
                         act_cfg=act_cfg),
                     c=c,
-                    fusion=fusion)
+                    fusion=fusion,
+                    deploy=deploy)
 
     def forward(self, x):
         check_input_channels(x, 3, 'VGGMoD')

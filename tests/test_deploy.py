@@ -1,0 +1,362 @@
+"""The inference form of the MoD block (``switch_to_deploy``, ``deploy=True``):
+BN folded, the Conv-Block as one ``mmmod::conv_chain`` call, the fusion added
+into the input in place (``mmmod::fuse_channels_``). It equals the training
+graph (same channels chosen, values to 1e-5) in eager, compiled and ONNX
+Runtime execution; its kernels equal their composites; it writes only the
+channels it documents; it refuses training; the fast paths are asserted to
+have run."""
+import copy
+import threading
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
+
+from mmmod.layers import (FUSIONS, HAS_EXT, ConvChain, MoDBlock, mod_blocks,
+                          ops, switch_to_deploy)
+from mmmod.utils.benchmark import skip_mod_blocks
+
+CL = torch.channels_last
+needs_ext = pytest.mark.skipif(not HAS_EXT, reason='mmmod._ext not built')
+
+
+def op_counts(fn):
+    """``{op: calls}`` of ``fn()`` (torch.profiler)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key: e.count for e in prof.key_averages()}
+
+
+def ops_run(fn):
+    return set(op_counts(fn))
+
+
+def randomise_norms(model, seed=0):
+    """BN statistics and affine parameters unlike their init, so that a
+    wrong fold shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.5, 0.5, generator=g)
+    return model
+
+
+def backbone(kind, **kwargs):
+    from mmpretrain.registry import MODELS
+    cfg = {
+        # k = 1 .. 32 channels, as the paper's c = 64 on full widths
+        'resnet50': dict(type='ResNetMoD', depth=50, base_channels=16, c=16),
+        'resnet18': dict(type='ResNetMoD', depth=18, base_channels=16, c=16),
+        'resnext': dict(type='ResNeXtMoD', depth=50, groups=4,
+                        width_per_group=4, base_channels=16, c=16),
+        'mobilenet': dict(type='MobileNetV2MoD', widen_factor=0.5, c=8),
+        'vgg': dict(type='VGGMoD', depth=11, c=64, num_classes=-1),
+    }[kind]
+    cfg.update(kwargs)
+    torch.manual_seed(0)
+    model = randomise_norms(MODELS.build(cfg))
+    model.eval()  # (stock backbones' train() returns None: no chaining)
+    return model
+
+
+def outputs(model, x):
+    out = model(x)
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+# --- the kernels ---------------------------------------------------------
+
+
+def chain_case(seed, layout, dtype=torch.float32):
+    """A random conv chain: 1-3 convs (1x1, 3x3, dilated, depthwise),
+    random activations, residual or not."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda n: int(torch.randint(n, (1, ), generator=g))  # noqa: E731
+    k = 1 + r(12)
+    n, h, w = 1 + r(3), 1 + r(9), 1 + r(9)
+    x = torch.randn(n, k, h, w, generator=g, dtype=dtype)
+    x = x.contiguous(memory_format=CL) if layout == 'channels_last' else x
+    weights, biases, meta, channels = [], [], [], k
+    for _ in range(1 + r(3)):
+        ksize, dil = (1, 1) if r(2) else (3, 1 + r(2))
+        groups = channels if (ksize == 3 and r(3) == 0) else 1
+        out = channels if groups > 1 else 1 + r(10)
+        weights.append(torch.randn(out, channels // groups, ksize, ksize,
+                                   generator=g, dtype=dtype))
+        biases.append(torch.randn(out, generator=g, dtype=dtype))
+        pad = dil * (ksize - 1) // 2
+        meta += [pad, pad, dil, dil, groups, r(3)]
+        channels = out
+    residual = channels == k and bool(r(2))
+    return x, weights, biases, meta, residual, r(3)
+
+
+@needs_ext
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('seed', range(12))
+def test_conv_chain_kernel_equals_the_composite(seed, layout):
+    args = chain_case(seed, layout)
+    ran = ops_run(lambda: torch.ops.mmmod.conv_chain(*args))
+    assert 'aten::convolution' not in ran  # the C++ kernel, not oneDNN
+    out = torch.ops.mmmod.conv_chain(*args)
+    ref = ops._conv_chain_composite(*args)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert out.is_contiguous(memory_format=ops._layout(args[0]))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out64 = torch.ops.mmmod.conv_chain(*chain_case(seed, layout, torch.double))
+    ref64 = ops._conv_chain_composite(*chain_case(seed, layout, torch.double))
+    torch.testing.assert_close(out64, ref64, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_chain_rejects_bad_arguments():
+    x = torch.randn(1, 4, 5, 5)
+    w = torch.randn(4, 4, 3, 3)
+    with pytest.raises(RuntimeError, match='conv_chain'):  # same-size conv
+        torch.ops.mmmod.conv_chain(x, [w], [None], [0, 0, 1, 1, 1, 0], False, 0)
+    with pytest.raises(RuntimeError, match='conv_chain'):  # channels
+        torch.ops.mmmod.conv_chain(x[:, :3], [w], [None], [1, 1, 1, 1, 1, 0],
+                                   False, 0)
+    with pytest.raises(RuntimeError, match='conv_chain'):  # meta length
+        torch.ops.mmmod.conv_chain(x, [w], [None], [1, 1, 1, 1, 1], False, 0)
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_fuse_in_place_equals_the_new_map_and_writes_only_k_channels(
+        fusion, layout):
+    torch.manual_seed(0)
+    n, c, k = 3, 16, 4
+    x = torch.randn(n, c, 5, 6)
+    x = x.contiguous(memory_format=CL) if layout == 'channels_last' else x
+    y, scores = torch.randn(n, k, 5, 6), torch.rand(n, k)
+    idx = torch.stack([torch.randperm(c)[:k] for _ in range(n)])
+    offset = {'first-k': 0, 'last-k': c - k, 'original': -1}[fusion]
+    ref = ops._fuse_channels_composite(x, y, scores, idx, offset)
+    before = x.clone()
+    ptr = x.data_ptr()
+    assert ops.fuse_channels_(x, y, scores, idx, offset) is x
+    assert x.data_ptr() == ptr
+    torch.testing.assert_close(x, ref, rtol=0, atol=0)
+    written = torch.zeros(n, c, dtype=torch.bool)
+    for s in range(n):
+        targets = idx[s] if offset < 0 else torch.arange(offset, offset + k)
+        written[s, targets] = True
+    assert torch.equal(x[~written], before[~written])
+
+
+@needs_ext
+def test_conv_chain_has_its_cpu_kernel():
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        'mmmod::conv_chain', 'CPU')
+
+
+def test_opcheck_of_conv_chain():
+    args = chain_case(3, 'contiguous')
+    torch.library.opcheck(torch.ops.mmmod.conv_chain.default, args,
+                          test_utils=('test_schema', 'test_faketensor'))
+
+
+# --- the block -------------------------------------------------------------
+
+
+@pytest.mark.parametrize('kind', ['resnet50', 'resnet18', 'resnext',
+                                  'mobilenet', 'vgg'])
+@pytest.mark.parametrize('fusion', FUSIONS)
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_inference_form_equals_the_training_form(kind, fusion, layout):
+    model = backbone(kind, fusion=fusion)
+    x = torch.randn(2, 3, 64, 64)
+    x = x.contiguous(memory_format=CL) if layout == 'channels_last' else x
+    model.to(memory_format=torch.contiguous_format if layout == 'contiguous'
+             else CL)
+    ref_model = copy.deepcopy(model)
+    chosen = {}
+    for i, b in enumerate(mod_blocks(ref_model)):
+        b.register_forward_hook(
+            lambda m, inp, out, i=i: chosen.__setitem__(i, m.select(inp[0])[1]))
+    with torch.no_grad():
+        ref = outputs(ref_model, x)
+    deployed = switch_to_deploy(model)
+    blocks = mod_blocks(deployed)
+    assert blocks and all(b.deploy for b in blocks)
+    # the fast path: every Conv-Block of these models is one fused call
+    assert all(isinstance(b.block, ConvChain) for b in blocks)
+    for i, b in enumerate(blocks):
+        b.register_forward_pre_hook(
+            lambda m, inp, i=i: torch.testing.assert_close(
+                m.select(inp[0])[1], chosen[i], rtol=0, atol=0))
+    with torch.no_grad():
+        ran = op_counts(lambda: deployed(x.clone()))
+        skip = op_counts(lambda: skip_mod_blocks(deployed)(x.clone()))
+        out = outputs(deployed, x.clone())
+    assert ran['mmmod::conv_chain'] == len(blocks)
+    assert 'mmmod::fuse_channels' not in ran  # (the new map's copy)
+    # the Conv-Blocks run no convolution of their own
+    assert ran['aten::convolution'] == skip['aten::convolution']
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
+def test_near_tied_scores_choose_the_same_channels():
+    """Selector logits one ulp apart: the inference form ranks with the same
+    ops as the training form, so it chooses the same channels."""
+    torch.manual_seed(0)
+    block = MoDBlock(32, lambda k: nn.Sequential(
+        nn.Conv2d(k, k, 3, padding=1), nn.BatchNorm2d(k), nn.ReLU()),
+        c=8, reduction=4).eval()
+    with torch.no_grad():
+        block.selector.fc1.weight.fill_(1 / 32)
+        base = torch.full((32, ), 0.5)
+        block.selector.fc2.weight.copy_(
+            (base + torch.arange(32) % 3 * 1e-8)[:, None].expand(32, 8))
+    x = torch.rand(4, 32, 6, 6) + 0.1
+    ref_idx = block.select(x)[1]
+    ref = block(x)
+    block.switch_to_deploy()
+    with torch.no_grad():
+        assert torch.equal(block.select(x)[1], ref_idx)
+        torch.testing.assert_close(block(x.clone()), ref, rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_inference_form_adds_into_its_input_and_nothing_else():
+    model = backbone('resnet18')
+    block = mod_blocks(model)[0].switch_to_deploy()
+    x = torch.randn(2, block.channels, 16, 16)
+    before = x.clone()
+    with torch.no_grad():
+        out = block(x)
+    assert out is x  # as nn.ReLU(inplace=True)
+    torch.testing.assert_close(x[:, block.k:], before[:, block.k:], rtol=0,
+                               atol=0)
+    assert not torch.equal(x[:, :block.k], before[:, :block.k])
+
+
+def test_inference_form_refuses_training_and_autograd():
+    model = switch_to_deploy(backbone('resnet18'))
+    block = mod_blocks(model)[0]
+    assert not any(p.requires_grad for p in block.parameters())
+    with pytest.raises(RuntimeError, match='cannot train'):
+        model.train()
+    x = torch.randn(1, block.channels, 8, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match='no_grad'):
+        block(x * 1)
+    with torch.inference_mode():
+        block(torch.randn(1, block.channels, 8, 8))
+
+
+def test_a_conv_block_that_is_no_chain_keeps_its_modules():
+    """A Conv-Block with an op the chain does not know (here a sigmoid gate)
+    stays a module, BN folded, and still equals the training form."""
+
+    class Gated(nn.Module):
+
+        def __init__(self, k):
+            super().__init__()
+            self.conv = nn.Conv2d(k, k, 3, padding=1)
+            self.bn = nn.BatchNorm2d(k)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)).sigmoid() * x
+
+    torch.manual_seed(0)
+    block = randomise_norms(MoDBlock(16, Gated, c=4)).eval()
+    x = torch.randn(2, 16, 7, 7)
+    ref = block(x)
+    block.switch_to_deploy()
+    assert isinstance(block.block, Gated)
+    assert isinstance(block.block.bn, nn.Identity)  # folded
+    with torch.no_grad():
+        torch.testing.assert_close(block(x.clone()), ref, rtol=1e-5,
+                                   atol=1e-5)
+
+
+def test_wide_conv_blocks_stay_with_onednn():
+    """c = 2 (the ablation) makes the Conv-Blocks of k >= 64 channels too
+    wide for the direct kernel: they keep their (folded) convs; the model
+    still equals its training form."""
+    model = backbone('resnet50', c=2)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = outputs(model, x)
+        switch_to_deploy(model)
+        out = outputs(model, x)
+    fused = {b.k: isinstance(b.block, ConvChain) for b in mod_blocks(model)}
+    assert fused == {32: True, 64: False, 128: False, 256: False}
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
+def test_concurrent_forwards_of_the_inference_form():
+    model = switch_to_deploy(backbone('resnet50'))
+    xs = [torch.randn(2, 3, 48, 48) for _ in range(4)]
+    with torch.no_grad():
+        refs = [outputs(model, x.clone()) for x in xs]
+    results, errors = {}, []
+
+    def run(i):
+        try:
+            with torch.no_grad():
+                for _ in range(3):
+                    results[i] = outputs(model, xs[i].clone())
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i, )) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, ref in enumerate(refs):
+        for o, r in zip(results[i], ref):
+            assert torch.equal(o, r)
+
+
+def test_deploy_true_builds_the_converted_structure():
+    model = backbone('resnet50')
+    deployed = switch_to_deploy(copy.deepcopy(model))
+    built = backbone('resnet50', deploy=True)
+    assert all(b.deploy for b in mod_blocks(built))
+    state = deployed.state_dict()
+    assert state.keys() == built.state_dict().keys()
+    built.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for o, r in zip(outputs(built, x.clone()), outputs(deployed, x)):
+            assert torch.equal(o, r)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('options', [{}, {'freezing': True}])
+def test_compiled_inference_form_equals_eager(options):
+    torch._dynamo.reset()
+    model = switch_to_deploy(backbone('resnet50'))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = outputs(model, x.clone())
+        compiled = torch.compile(model, dynamic=False, options=options)
+        out = outputs(compiled, x.clone())
+        again = outputs(compiled, x.clone())
+    for o, a, r in zip(out, again, ref):
+        torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
+        assert torch.equal(o, a)
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_onnx_runtime_runs_the_inference_form(fusion, tmp_path):
+    from mmmod.deployment import export, max_abs_diff, session
+    model = switch_to_deploy(backbone('resnet50', fusion=fusion))
+    x = torch.randn(2, 3, 64, 64)
+    path = str(tmp_path / 'm.onnx')
+    export(model, x, path, 18)
+    import onnx
+    kinds = {n.op_type for n in onnx.load(path).graph.node}
+    assert {'TopK', 'Conv', 'ScatterElements'} <= kinds
+    assert 'ScatterND' not in kinds and 'Transpose' not in kinds
+    assert max_abs_diff(model, session(path), x) < 1e-4

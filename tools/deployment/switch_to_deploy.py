@@ -1,0 +1,63 @@
+"""Convert a MoD model's checkpoint into its inference form.
+
+    python tools/deployment/switch_to_deploy.py CONFIG CHECKPOINT DST
+
+Builds CONFIG's model, loads CHECKPOINT (it must fit), turns every MoD block
+into its inference form (:func:`mmmod.layers.switch_to_deploy`: BN folded,
+the Conv-Block as one fused op where that pays, the fusion added in place)
+and writes DST: the weights only (``state_dict`` and ``meta``). Build the
+model for it from the same config with ``model.backbone.deploy=True``
+(``--cfg-options`` of the tools); it runs inference only.
+"""
+import argparse
+import os
+import os.path as osp
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config', help='config file path')
+    p.add_argument('checkpoint', help='trained weights of the config\'s model')
+    p.add_argument('dst', help='where to write the converted checkpoint')
+    p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V',
+                   help='overrides of the config')
+    return p.parse_args(argv)
+
+
+def convert(config, checkpoint, dst, cfg_options=()):
+    """Write the inference form of ``config``'s model with ``checkpoint``'s
+    weights to ``dst``; returns the number of MoD blocks converted."""
+    import torch
+
+    from mmmod.apis import build_model
+    from mmmod.layers import mod_blocks, switch_to_deploy
+
+    if osp.abspath(dst) == osp.abspath(checkpoint):
+        raise ValueError(f'{dst}: write the converted checkpoint to a new '
+                         'file, the trained one stays as it is')
+    model, _ = build_model(config, checkpoint, cfg_options)
+    blocks = mod_blocks(model)
+    if not blocks:
+        raise ValueError(f'{config}: the model has no MoD blocks to convert')
+    if any(b.deploy for b in blocks):
+        raise ValueError(f'{config}: the model is built in its inference '
+                         'form already (deploy=True); convert the checkpoint '
+                         'of the training form')
+    model.eval()
+    switch_to_deploy(model)
+    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
+    torch.save(
+        dict(state_dict=model.state_dict(),
+             meta=dict(deploy=True, config=osp.basename(config))), dst)
+    return len(blocks)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    n = convert(args.config, args.checkpoint, args.dst, args.cfg_options)
+    print(f'{n} MoD blocks in their inference form: {args.dst}\n'
+          f'build its model with --cfg-options model.backbone.deploy=True')
+
+
+if __name__ == '__main__':
+    main()
