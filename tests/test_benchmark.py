@@ -451,3 +451,23 @@ def test_tool_in_the_cuda_modes(tmp_path):
     ])
     _check_run(out, ['cuda-eager', 'cuda-compile', 'cuda-graphs'], [1, 2],
                ['cuda-eager', 'cuda-compile'])
+
+
+@pytest.mark.slow
+def test_conv_chain_speed_tool(tmp_path):
+    """tools/analysis/conv_chain_speed.py times every MoD block's
+    Conv-Block three ways on its own input shape."""
+    speed = tool('analysis/conv_chain_speed')
+    out = tmp_path / 'chain.md'
+    rows = speed.main([MOD, '--input-size', '64', '--batch-sizes', '1', '2',
+                       '--warmup', '1', '--repeats', '2', '--out', str(out)])
+    cells = [dict(zip(speed.HEADER, r)) for r in rows]
+    # ResNet18-MoD: one MoD block per stage, k = 1, 2, 4, 8 at c = 64
+    assert [c['k'] for c in cells] == ['1', '1', '2', '2', '4', '4', '8', '8']
+    assert [c['batch'] for c in cells] == ['1', '2'] * 4
+    assert [c['map'] for c in cells[::2]] == ['16x16', '8x8', '4x4', '2x2']
+    assert all(c['chosen'] == 'yes' for c in cells)
+    assert cells[0]['MACs/pixel'] == '18'  # two 3x3 convs on one channel
+    assert all(float(c[k]) > 0 for c in cells
+               for k in ('oneDNN us', 'inductor us', 'conv_chain us'))
+    assert 'MoD block' in out.read_text().splitlines()[2]

@@ -340,17 +340,25 @@ class ConvChain(nn.Module):
                           list(self.bias._parameters.values()), self.meta,
                           self.residual, self.final_act)
 
+    @property
+    def macs_per_pixel(self) -> int:
+        return _macs_per_pixel(self.weight)
+
     def extra_repr(self) -> str:
         shapes = ', '.join('x'.join(map(str, w.shape)) for w in self.weight)
         return (f'weights=[{shapes}], residual={self.residual}, '
                 f'final_act={self.final_act}')
 
     @classmethod
-    def of(cls, block: nn.Module) -> Optional['ConvChain']:
+    def of(cls, block: nn.Module,
+           max_macs_per_pixel: Optional[int] = None) -> Optional['ConvChain']:
         """The chain that computes folded ``block``, or None where
         ``block``'s dataflow is not such a chain (any other module or op, a
         strided or padded-otherwise conv, a module called with anything
-        but the previous value) or is too wide to pay."""
+        but the previous value) or is wider than ``max_macs_per_pixel``
+        (default :attr:`MAX_MACS_PER_PIXEL`)."""
+        if max_macs_per_pixel is None:
+            max_macs_per_pixel = cls.MAX_MACS_PER_PIXEL
         graph = _trace(block)
         nodes = list(graph.nodes)
         if not nodes or nodes[0].op != 'placeholder':
@@ -368,7 +376,8 @@ class ConvChain(nn.Module):
                 continue
             if node.op == 'output':
                 fits = (node.args[0] is cur and convs
-                        and len(x.users) == 1 + residual and _chain_fits(convs))
+                        and len(x.users) == 1 + residual
+                        and _chain_fits(convs, max_macs_per_pixel))
                 return cls(convs, residual, final_act) if fits else None
             if node.kwargs or node.op not in ('call_module', 'call_function',
                                               'call_method'):
@@ -410,14 +419,18 @@ def _same_size_conv(conv: nn.Conv2d) -> bool:
             and 2 * conv.padding[1] == conv.dilation[1] * (kw - 1))
 
 
-def _chain_fits(convs) -> bool:
+def _macs_per_pixel(weights) -> int:
+    """Multiply-adds a pixel of stride-1 convs of these weights."""
+    return sum(w[0].numel() * w.shape[0] for w in weights)
+
+
+def _chain_fits(convs, max_macs_per_pixel: int) -> bool:
     channels = convs[0][0].in_channels
     for conv, _ in convs:
         if conv.in_channels != channels:
             return False
         channels = conv.out_channels
-    macs = sum(c.weight[0].numel() * c.out_channels for c, _ in convs)
-    return macs <= ConvChain.MAX_MACS_PER_PIXEL
+    return _macs_per_pixel(c.weight for c, _ in convs) <= max_macs_per_pixel
 
 
 def _set_submodule(root: nn.Module, target: str, value: nn.Module) -> None:

@@ -269,17 +269,19 @@ def fuse_channels(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
 def fuse_channels_(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
                    offset: int) -> Tensor:
     """What :func:`fuse_channels` computes, added into ``x`` (the inference
-    form); returns ``x``. Standard in-place ops, not a registered op: an
-    eager call costs two small ATen calls on ``k`` channels, inductor fuses
-    it and writes the channels in the map's buffer, in the map's layout (a
-    mutating custom op would make inductor copy channels-last maps to
-    NCHW around it under freezing), and the exporters know it (ONNX:
-    ScatterElements, see :mod:`mmmod.deployment.onnx`)."""
+    form); returns ``x``. One standard in-place op, not a registered op:
+    ``index_add_`` onto the channels ``offset .. offset + k - 1`` (or
+    ``scatter_add_`` back at ``idx``). Eager runs it on the ``k`` channels
+    alone; inductor fuses it into one loop over those channels, in the
+    map's buffer and layout (a slice add would make it a masked pass over
+    the whole map, and a mutating custom op a copy of channels-last maps
+    under freezing); the ONNX export is one ScatterElements
+    (:mod:`mmmod.deployment.onnx`)."""
     y = y.to(x.dtype) * scores.to(x.dtype)[:, :, None, None]
     if offset < 0:
         return x.scatter_add_(1, _expand(idx, x), y)
-    x.narrow(1, offset, y.shape[1]).add_(y)
-    return x
+    targets = torch.arange(offset, offset + y.shape[1], device=x.device)
+    return x.index_add_(1, targets, y)
 
 
 def conv_chain(x: Tensor, weights, biases, meta, residual: bool,

@@ -75,9 +75,10 @@ def skip_mod_blocks(model: nn.Module) -> nn.Module:
 class FloorBlock(nn.Module):
     """What every MoD block must do, and nothing more: read the whole map
     once (the channel means the selector starts from) and add onto its
-    ``k`` target channels. In eval mode the add is written into ``x`` (one
-    in-place ``add_``; compiled and exported graphs may run it in x's
-    buffer); in training mode it makes a new map, as autograd needs."""
+    ``k`` target channels. In eval mode the add is written into ``x`` with
+    the inference form's own op (``index_add_``: ``k`` channels in eager,
+    in inductor's loops and in ONNX Runtime's ScatterElements); in training
+    mode it makes a new map, as autograd needs."""
 
     def __init__(self, k: int, offset: int):
         super().__init__()
@@ -89,8 +90,9 @@ class FloorBlock(nn.Module):
             return x.slice_scatter(
                 x.narrow(1, self.offset, self.k) + m, dim=1,
                 start=self.offset, end=self.offset + self.k)
-        x.narrow(1, self.offset, self.k).add_(m)
-        return x
+        targets = torch.arange(self.offset, self.offset + self.k,
+                               device=x.device)
+        return x.index_add_(1, targets, m.expand(-1, -1, *x.shape[2:]))
 
 
 def floor_mod_blocks(model: nn.Module) -> nn.Module:
