@@ -1,10 +1,9 @@
 """The inference form of the MoD block (``switch_to_deploy``, ``deploy=True``):
 BN folded, the Conv-Block as one ``mmmod::conv_chain`` call, the fusion added
-into the input in place (``mmmod::fuse_channels_``). It equals the training
-graph (same channels chosen, values to 1e-5) in eager, compiled and ONNX
-Runtime execution; its kernels equal their composites; it writes only the
-channels it documents; it refuses training; the fast paths are asserted to
-have run."""
+into the input in place (``ops.fuse_channels_``). It chooses the training
+form's channels and equals its output (1e-5 eager, 1e-4 compiled and in ONNX
+Runtime); its kernel equals its composite; it writes only the channels it
+documents; it refuses training; the fast paths are asserted to have run."""
 import copy
 import threading
 
@@ -248,6 +247,51 @@ def test_inference_form_refuses_training_and_autograd():
         block(x * 1)
     with torch.inference_mode():
         block(torch.randn(1, block.channels, 8, 8))
+
+
+def test_syncbn_folds_and_functional_relu_chains():
+    """mmseg's recipes use SyncBN: in eval it folds as BN does. F.relu (a
+    call with an ``inplace`` keyword in the trace) is a ReLU."""
+
+    class Block(nn.Module):
+
+        def __init__(self, k):
+            super().__init__()
+            self.conv = nn.Conv2d(k, k, 3, padding=2, dilation=2, bias=False)
+            self.bn = nn.SyncBatchNorm(k)
+
+        def forward(self, x):
+            return nn.functional.relu(self.bn(self.conv(x)) + x)
+
+    torch.manual_seed(0)
+    block = randomise_norms(MoDBlock(32, Block, c=4)).eval()
+    x = torch.randn(2, 32, 9, 9)
+    ref = block(x)
+    block.switch_to_deploy()
+    assert isinstance(block.block, ConvChain)
+    assert block.block.residual and block.block.final_act == 1
+    with torch.no_grad():
+        torch.testing.assert_close(block(x.clone()), ref, rtol=1e-5,
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_inference_form_in_low_precision(dtype):
+    """Half and bfloat16 maps: the kernel runs the chain in ATen ops; each
+    block gives the training form's result in that precision (BN folded in
+    it; a whole network would also drift in which channels it chooses)."""
+    model = backbone('resnet50')
+    model.to(dtype)
+    for block in mod_blocks(model):
+        x = torch.randn(2, block.channels, 8, 8, dtype=dtype)
+        with torch.no_grad():
+            ref = block(x)
+            block.switch_to_deploy()
+            ran = op_counts(lambda: block(x.clone()))
+            out = block(x.clone())
+        assert ran['mmmod::conv_chain'] == 1 and out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2,
+                                   atol=2e-2)
 
 
 def test_a_conv_block_that_is_no_chain_keeps_its_modules():

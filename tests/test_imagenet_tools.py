@@ -151,16 +151,22 @@ def test_deployed_checkpoint_tests_as_the_trained_one(imagenet, tmp_path):
     """tools/deployment/switch_to_deploy.py converts a checkpoint; the model
     built with deploy=True loads it and tools/test.py gives the training
     form's predictions."""
-    from conftest import save_classifier_checkpoint
+    from mmengine.runner.checkpoint import save_checkpoint
     from mmmod.layers import ConvChain, mod_blocks
+    from stock_checkpoints import stand_in_state
     ckpt, deployed = tmp_path / 'r18mod.pth', tmp_path / 'deployed.pth'
-    save_classifier_checkpoint(CONFIG, ckpt)
+    trained_model, _ = apis.build_model(CONFIG)
+    stand_in_state(trained_model.backbone)
+    classes = dict(classes=('a', 'b', 'c'))
+    save_checkpoint({'meta': {'dataset_meta': classes},
+                     'state_dict': trained_model.state_dict()}, str(ckpt))
     converter = tool('deployment/switch_to_deploy')
     with pytest.raises(ValueError, match='new file'):
         converter.convert(CONFIG, str(ckpt), str(ckpt))
     converter.main([CONFIG, str(ckpt), str(deployed)])
     state = torch.load(deployed, map_location='cpu', weights_only=True)
     assert state['meta']['deploy'] is True
+    assert state['meta']['dataset_meta'] == classes  # kept
     assert 'backbone.layer1.1.block.weight.0' in state['state_dict']
     assert not any('layer1.1.block.bn' in k for k in state['state_dict'])
 
@@ -175,6 +181,13 @@ def test_deployed_checkpoint_tests_as_the_trained_one(imagenet, tmp_path):
     blocks = mod_blocks(model)
     assert blocks and all(
         b.deploy and isinstance(b.block, ConvChain) for b in blocks)
+    # the class scores themselves: the converted model is the trained one
+    trained_model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = trained_model.head(trained_model.extract_feat(x))
+        got = model.head(model.extract_feat(x))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     # the training form's checkpoint does not fit the inference form
     with pytest.raises(ValueError, match='does not fit'):
         apis.build_model(CONFIG, str(ckpt), ['model.backbone.deploy=True'])

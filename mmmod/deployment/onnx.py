@@ -74,8 +74,8 @@ def _activate(y, act: int):
     if act == 1:
         return op.Relu(y)
     if act == 2:
-        return op.Clip(y, op.Constant(value_float=0.0),
-                       op.Constant(value_float=6.0))
+        return op.Clip(y, op.CastLike(op.Constant(value_float=0.0), y),
+                       op.CastLike(op.Constant(value_float=6.0), y))
     return y
 
 

@@ -246,9 +246,10 @@ class MoDBlock(nn.Module):
 
 
 def fold_conv_bn(module: nn.Module) -> nn.Module:
-    """Folds every ``BatchNorm2d`` that takes the output of a ``Conv2d`` (and
-    nothing else does) into that conv, in place, and puts ``nn.Identity`` in
-    the BN's place; returns ``module``, in eval mode.
+    """Folds every ``BatchNorm2d`` (or ``SyncBatchNorm``) that takes the
+    output of a ``Conv2d`` (and nothing else does) into that conv, in
+    place, and puts ``nn.Identity`` in the BN's place; returns ``module``,
+    in eval mode.
 
     The pairs are read from ``module``'s dataflow (a ``torch.fx`` trace of
     its forward, optional arguments at their defaults); a conv or BN module
@@ -269,8 +270,9 @@ def fold_conv_bn(module: nn.Module) -> nn.Module:
             continue
         bn = module.get_submodule(node.target)
         conv = module.get_submodule(conv_node.target)
-        if (type(bn) is nn.BatchNorm2d and bn.track_running_stats
-                and type(conv) is nn.Conv2d):
+        # SyncBN (mmseg's recipes) is a BN in eval: its running statistics
+        if (type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm)
+                and bn.track_running_stats and type(conv) is nn.Conv2d):
             _set_submodule(module, conv_node.target,
                            fuse_conv_bn_eval(conv, bn))
             _set_submodule(module, node.target, nn.Identity())
@@ -379,11 +381,15 @@ class ConvChain(nn.Module):
                         and len(x.users) == 1 + residual
                         and _chain_fits(convs, max_macs_per_pixel))
                 return cls(convs, residual, final_act) if fits else None
-            if node.kwargs or node.op not in ('call_module', 'call_function',
-                                              'call_method'):
+            if node.op not in ('call_module', 'call_function',
+                               'call_method'):
                 return None
             target = (type(block.get_submodule(node.target))
                       if node.op == 'call_module' else node.target)
+            # F.relu(x, inplace=...) is a ReLU; any other keyword, no chain
+            if node.kwargs and not (target in _ACTS
+                                    and set(node.kwargs) <= {'inplace'}):
+                return None
             if target in _ADDS:  # the residual: ... + x, once, at the end
                 if residual or cur is x or len(node.args) != 2 or set(
                         node.args) != {cur, x}:

@@ -18,7 +18,8 @@ The inference form (:meth:`mmmod.layers.MoDBlock.switch_to_deploy`) adds:
     A Conv-Block with its BN folded, as one call: stride-1 "same" convs in
     a row (``meta``: six ints per conv, ``pad_h, pad_w, dil_h, dil_w,
     groups, act``, act 0 none, 1 ReLU, 2 ReLU6), then ``+ x`` if
-    ``residual``, then ``final_act``. Not differentiable.
+    ``residual``, then ``final_act``. Not differentiable. The CPU kernel
+    computes float32 and float64 directly, other dtypes with ATen's convs.
 
 Each op has, here or in ``csrc/ops.cpp``:
 
@@ -159,12 +160,31 @@ def _fuse_channels(x, y, scores, idx, offset):
 
 
 def _check_chain(x, weights, biases, meta):
+    """The C++ kernel's checks, for the composite and the fake."""
     torch._check(
         x.dim() == 4 and len(weights) >= 1 and len(biases) == len(weights)
         and len(meta) == CHAIN_META * len(weights),
         lambda: f'mmmod::conv_chain: x of shape {tuple(x.shape)} with '
         f'{len(weights)} weights, {len(biases)} biases, {len(meta)} meta '
         f'values ({CHAIN_META} a conv)')
+    channels = x.shape[1]
+    for i, w in enumerate(weights):
+        pad_h, pad_w, dil_h, dil_w, groups, act = meta[CHAIN_META * i:
+                                                       CHAIN_META * (i + 1)]
+        torch._check(
+            w.dim() == 4 and groups >= 1 and w.shape[0] % groups == 0
+            and w.shape[1] * groups == channels,
+            lambda: f'mmmod::conv_chain: layer {i}: weight '
+            f'{tuple(w.shape)} (groups {groups}) does not take {channels} '
+            'channels')
+        torch._check(
+            pad_h >= 0 and pad_w >= 0 and dil_h >= 1 and dil_w >= 1
+            and 2 * pad_h == dil_h * (w.shape[2] - 1)
+            and 2 * pad_w == dil_w * (w.shape[3] - 1) and 0 <= act <= 2,
+            lambda: f'mmmod::conv_chain: layer {i}: padding ({pad_h}, '
+            f'{pad_w}) and dilation ({dil_h}, {dil_w}) must keep the size '
+            f'of the map, act must be 0, 1 or 2, got {act}')
+        channels = w.shape[0]
 
 
 def _conv_chain(x, weights, biases, meta, residual, final_act):

@@ -5,7 +5,8 @@
 Builds CONFIG's model, loads CHECKPOINT (it must fit), turns every MoD block
 into its inference form (:func:`mmmod.layers.switch_to_deploy`: BN folded,
 the Conv-Block as one fused op where that pays, the fusion added in place)
-and writes DST: the weights only (``state_dict`` and ``meta``). Build the
+and writes DST: the weights and the checkpoint's ``meta`` (class names
+included), nothing else of the training state. Build the
 model for it from the same config with ``model.backbone.deploy=True``
 (``--cfg-options`` of the tools); it runs inference only.
 """
@@ -35,7 +36,13 @@ def convert(config, checkpoint, dst, cfg_options=()):
     if osp.abspath(dst) == osp.abspath(checkpoint):
         raise ValueError(f'{dst}: write the converted checkpoint to a new '
                          'file, the trained one stays as it is')
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from mmmod.apis import trust_checkpoints
     model, _ = build_model(config, checkpoint, cfg_options)
+    trust_checkpoints()
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
     blocks = mod_blocks(model)
     if not blocks:
         raise ValueError(f'{config}: the model has no MoD blocks to convert')
@@ -46,9 +53,10 @@ def convert(config, checkpoint, dst, cfg_options=()):
     model.eval()
     switch_to_deploy(model)
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
+    # the checkpoint's meta (dataset_meta: the class names) goes along
     torch.save(
         dict(state_dict=model.state_dict(),
-             meta=dict(deploy=True, config=osp.basename(config))), dst)
+             meta=dict(meta, deploy=True, deploy_config=config)), dst)
     return len(blocks)
 
 

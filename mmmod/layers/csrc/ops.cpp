@@ -394,6 +394,27 @@ void run_chain(const at::Tensor& x, at::TensorList weights,
   }
 }
 
+at::Tensor activated(const at::Tensor& y, int64_t act) {
+  return act == 1 ? y.relu() : act == 2 ? at::hardtanh(y, 0, 6) : y;
+}
+
+// Half and bfloat16 maps: the chain in ATen ops (oneDNN's low-precision
+// convolutions), as the composite computes it.
+at::Tensor chain_with_aten(const at::Tensor& x,
+                           const std::vector<at::Tensor>& weights,
+                           const std::vector<c10::optional<at::Tensor>>& biases,
+                           at::IntArrayRef meta, bool residual,
+                           int64_t final_act) {
+  at::Tensor y = x;
+  for (size_t l = 0; l < weights.size(); ++l) {
+    const int64_t* m = meta.data() + l * kMeta;
+    y = activated(at::conv2d(y, weights[l], biases[l], {1, 1}, {m[0], m[1]},
+                             {m[2], m[3]}, m[4]),
+                  m[5]);
+  }
+  return activated(residual ? y + x : y, final_act);
+}
+
 at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
                           at::ArrayRef<c10::optional<at::Tensor>> biases_any,
                           at::IntArrayRef meta, bool residual,
@@ -406,10 +427,6 @@ at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
               "mmmod::conv_chain: ", layers, " weights need as many biases ",
               "and ", kMeta, " meta values each, got ", biases_any.size(),
               " and ", meta.size());
-  TORCH_CHECK(x_any.scalar_type() == at::kFloat ||
-                  x_any.scalar_type() == at::kDouble,
-              "mmmod::conv_chain: the CPU kernel runs float32 and float64, ",
-              "got ", x_any.scalar_type());
   const auto format = layout_of(x_any);
   const at::Tensor x = x_any.contiguous(format);
   std::vector<at::Tensor> weights;
@@ -418,25 +435,26 @@ at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
   for (int64_t l = 0; l < layers; ++l) {
     const auto& wt = weights_any[l];
     const int64_t* m = meta.data() + l * kMeta;
-    TORCH_CHECK(wt.dim() == 4 && wt.scalar_type() == x.scalar_type() &&
-                    m[4] >= 1 && wt.size(0) % m[4] == 0 &&
+    TORCH_CHECK(wt.dim() == 4 && m[4] >= 1 && wt.size(0) % m[4] == 0 &&
                     wt.size(1) * m[4] == channels,
                 "mmmod::conv_chain: layer ", l, ": weight ", wt.sizes(),
-                " (", wt.scalar_type(), ", groups ", m[4], ") does not take ",
-                channels, " channels of ", x.scalar_type());
-    TORCH_CHECK(2 * m[0] == m[2] * (wt.size(2) - 1) &&
+                " (groups ", m[4], ") does not take ", channels,
+                " channels");
+    TORCH_CHECK(m[0] >= 0 && m[1] >= 0 && m[2] >= 1 && m[3] >= 1 &&
+                    2 * m[0] == m[2] * (wt.size(2) - 1) &&
                     2 * m[1] == m[3] * (wt.size(3) - 1) && m[5] >= 0 &&
                     m[5] <= 2,
                 "mmmod::conv_chain: layer ", l, ": padding (", m[0], ", ",
                 m[1], ") and dilation (", m[2], ", ", m[3], ") must keep ",
                 "the size of the map, act must be 0, 1 or 2, got ", m[5]);
-    weights.push_back(wt.contiguous());
+    // in the map's dtype (autocast leaves a custom op's weights as they are)
+    weights.push_back(wt.to(x.scalar_type()).contiguous());
     const auto& b = biases_any[l];
-    TORCH_CHECK(!b.has_value() || (b->dim() == 1 && b->size(0) == wt.size(0) &&
-                                   b->scalar_type() == x.scalar_type()),
+    TORCH_CHECK(!b.has_value() || (b->dim() == 1 && b->size(0) == wt.size(0)),
                 "mmmod::conv_chain: layer ", l, ": bias must have shape (",
                 wt.size(0), ")");
-    biases.push_back(b.has_value() ? c10::optional<at::Tensor>(b->contiguous())
+    biases.push_back(b.has_value() ? c10::optional<at::Tensor>(
+                                         b->to(x.scalar_type()).contiguous())
                                    : c10::nullopt);
     channels = wt.size(0);
   }
@@ -445,6 +463,9 @@ at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
               channels);
   TORCH_CHECK(0 <= final_act && final_act <= 2, "mmmod::conv_chain: ",
               "final_act must be 0, 1 or 2, got ", final_act);
+  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble)
+    return chain_with_aten(x, weights, biases, meta, residual, final_act)
+        .contiguous(format);
   auto out = at::empty({x.size(0), channels, x.size(2), x.size(3)},
                        x.options().memory_format(format));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_chain", [&] {
