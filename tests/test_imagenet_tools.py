@@ -183,6 +183,7 @@ def test_deployed_checkpoint_tests_as_the_trained_one(imagenet, tmp_path):
         b.deploy and isinstance(b.block, ConvChain) for b in blocks)
     # the class scores themselves: the converted model is the trained one
     trained_model.eval()
+    model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         want = trained_model.head(trained_model.extract_feat(x))

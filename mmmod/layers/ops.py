@@ -243,7 +243,8 @@ def _select_backward(ctx, g_xk, g_scores, _):
     g_mean = g_pre @ w1
     g_x = (g_mean / (x.shape[2] * x.shape[3]))[:, :, None, None].expand(
         x.shape).contiguous(memory_format=_layout(x))
-    g_x = g_x.scatter_add(1, _expand(idx, x), g_xk)
+    # into the fresh map just made: one map written, not two
+    g_x.scatter_add_(1, _expand(idx, x), g_xk)
     return (g_x, g_pre.t() @ mean, g_pre.sum(0) if ctx.has_bias[0] else None,
             g_logits.t() @ pre.relu(),
             g_logits.sum(0) if ctx.has_bias[1] else None, None)
