@@ -63,6 +63,18 @@ def backbone(kind, **kwargs):
     return model
 
 
+def deployed_equals_training(block, x):
+    """``block`` (norms randomised) switched to its inference form, after
+    checking that this gives the training form's output on ``x``."""
+    block = randomise_norms(block).eval()
+    with torch.no_grad():
+        ref = block(x)
+        block.switch_to_deploy()
+        torch.testing.assert_close(block(x.clone()), ref, rtol=1e-5,
+                                   atol=1e-5)
+    return block
+
+
 def outputs(model, x):
     out = model(x)
     return list(out) if isinstance(out, (tuple, list)) else [out]
@@ -264,15 +276,10 @@ def test_syncbn_folds_and_functional_relu_chains():
             return nn.functional.relu(self.bn(self.conv(x)) + x)
 
     torch.manual_seed(0)
-    block = randomise_norms(MoDBlock(32, Block, c=4)).eval()
-    x = torch.randn(2, 32, 9, 9)
-    ref = block(x)
-    block.switch_to_deploy()
+    block = deployed_equals_training(MoDBlock(32, Block, c=4),
+                                     torch.randn(2, 32, 9, 9))
     assert isinstance(block.block, ConvChain)
     assert block.block.residual and block.block.final_act == 1
-    with torch.no_grad():
-        torch.testing.assert_close(block(x.clone()), ref, rtol=1e-5,
-                                   atol=1e-5)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
@@ -309,15 +316,10 @@ def test_a_conv_block_that_is_no_chain_keeps_its_modules():
             return self.bn(self.conv(x)).sigmoid() * x
 
     torch.manual_seed(0)
-    block = randomise_norms(MoDBlock(16, Gated, c=4)).eval()
-    x = torch.randn(2, 16, 7, 7)
-    ref = block(x)
-    block.switch_to_deploy()
+    block = deployed_equals_training(MoDBlock(16, Gated, c=4),
+                                     torch.randn(2, 16, 7, 7))
     assert isinstance(block.block, Gated)
     assert isinstance(block.block.bn, nn.Identity)  # folded
-    with torch.no_grad():
-        torch.testing.assert_close(block(x.clone()), ref, rtol=1e-5,
-                                   atol=1e-5)
 
 
 def test_wide_conv_blocks_stay_with_onednn():
