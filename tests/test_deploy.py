@@ -128,7 +128,8 @@ def test_conv_chain_rejects_bad_arguments():
     x = torch.randn(1, 4, 5, 5)
     w = torch.randn(4, 4, 3, 3)
     with pytest.raises(RuntimeError, match='conv_chain'):  # same-size conv
-        torch.ops.mmmod.conv_chain(x, [w], [None], [0, 0, 1, 1, 1, 0], False, 0)
+        torch.ops.mmmod.conv_chain(x, [w], [None], [0, 0, 1, 1, 1, 0], False,
+                                   0)
     with pytest.raises(RuntimeError, match='conv_chain'):  # channels
         torch.ops.mmmod.conv_chain(x[:, :3], [w], [None], [1, 1, 1, 1, 1, 0],
                                    False, 0)
@@ -188,8 +189,8 @@ def test_inference_form_equals_the_training_form(kind, fusion, layout):
     ref_model = copy.deepcopy(model)
     chosen = {}
     for i, b in enumerate(mod_blocks(ref_model)):
-        b.register_forward_hook(
-            lambda m, inp, out, i=i: chosen.__setitem__(i, m.select(inp[0])[1]))
+        b.register_forward_hook(lambda m, inp, out, i=i: chosen.__setitem__(
+            i, m.select(inp[0])[1]))
     with torch.no_grad():
         ref = outputs(ref_model, x)
     deployed = switch_to_deploy(model)

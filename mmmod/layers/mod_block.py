@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .ops import (CHAIN_META, conv_chain, fuse_channels, fuse_channels_,
-                  select_channels, selector_logits)
+from .ops import (conv_chain, fuse_channels, fuse_channels_, select_channels,
+                  selector_logits)
 
 FUSIONS = ('first-k', 'last-k', 'original')
 
@@ -212,8 +212,8 @@ class MoDBlock(nn.Module):
         ReLU / ReLU6 (with at most a residual add of its input) on few
         channels becomes a :class:`ConvChain` (one ``mmmod::conv_chain``
         call); and the forward adds into ``x`` in place
-        (:func:`~mmmod.layers.ops.fuse_channels_`) and returns ``x``. The parameters stop
-        requiring gradients.
+        (:func:`~mmmod.layers.ops.fuse_channels_`) and returns ``x``. The
+        parameters stop requiring gradients.
 
         The block must be in eval mode; afterwards it stays there:
         ``train()`` raises, and so does a forward with autograd recording.
