@@ -445,11 +445,13 @@ def test_tool_in_the_cuda_modes(tmp_path):
     out = tmp_path / 'speed.md'
     benchmark_tool.main([
         BASELINE, MOD, *TINY, '--modes', 'cuda-eager', 'cuda-compile',
-        'cuda-graphs', '--batch-sizes', '1', '2', '--train-batch-sizes', '2',
-        '--train-repeats', '1', '--train-warmup', '1', '--out',
+        'cuda-graphs', 'cuda-compile-graphs', '--batch-sizes', '1', '2',
+        '--train-batch-sizes', '2', '--train-repeats', '1', '--train-warmup',
+        '1', '--profile', '1', '--out',
         str(out)
     ])
-    _check_run(out, ['cuda-eager', 'cuda-compile', 'cuda-graphs'], [1, 2],
+    _check_run(out, ['cuda-eager', 'cuda-compile', 'cuda-graphs',
+                     'cuda-compile-graphs'], [1, 2],
                ['cuda-eager', 'cuda-compile'])
 
 

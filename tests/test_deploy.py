@@ -214,6 +214,35 @@ def test_inference_form_equals_the_training_form(kind, fusion, layout):
         torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('kind', ['resnet50', 'mobilenet'])
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_inference_form_on_cuda_and_in_a_cuda_graph(kind, fusion):
+    """On the GPU (the ops' composites) the inference form chooses the
+    training form's channels and gives its output, also when captured as a
+    CUDA graph (the benchmark's cuda-graphs mode) and replayed on new
+    input."""
+    from mmmod.analysis.benchmark import CUDAGraphRunner
+
+    model = backbone(kind, fusion=fusion).cuda()
+    x, x2 = torch.randn(2, 2, 3, 64, 64, device='cuda')
+    # full fp32 convs (cuDNN's default is TF32), as on the CPU
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True,
+                                                     allow_tf32=False):
+        ref, ref2 = outputs(model, x), outputs(model, x2)
+        deployed = switch_to_deploy(copy.deepcopy(model))
+        assert all(isinstance(b.block, ConvChain)
+                   for b in mod_blocks(deployed))
+        for o, r in zip(outputs(deployed, x.clone()), ref):
+            torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
+        graph = CUDAGraphRunner(deployed)
+        graph(x)  # captured on a copy of x
+        for o, r in zip(outputs(graph, x2), ref2):  # replayed on x2
+            torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
+    assert len(graph.graphs) == 1
+
+
 def test_near_tied_scores_choose_the_same_channels():
     """Selector logits one ulp apart: the inference form ranks with the same
     ops as the training form, so it chooses the same channels."""

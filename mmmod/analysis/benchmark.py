@@ -51,6 +51,41 @@ def _compiled(**options):
     return lambda model: torch.compile(model, dynamic=False, **options)
 
 
+class CUDAGraphRunner:
+    """``model``'s forward captured as a CUDA graph
+    (``torch.cuda.CUDAGraph``) on a static copy of its first input of each
+    shape, then replayed: what a deployment that captures its eager model
+    runs, without compiling."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.graphs = {}
+
+    def __call__(self, x: torch.Tensor):
+        key = (tuple(x.shape), x.stride(), x.dtype)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(x)
+        graph, static_x, out = self.graphs[key]
+        static_x.copy_(x)
+        graph.replay()
+        return out
+
+    def _capture(self, x):
+        static_x = x.clone()
+        # warm-up on a side stream, as torch.cuda.graphs asks: cuDNN and
+        # cuBLAS pick their algorithms and workspaces outside the capture
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.model(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.model(static_x)
+        return graph, static_x, out
+
+
 @dataclass(frozen=True)
 class Mode:
     """How a mode runs a model: on which device, made into what by
@@ -79,8 +114,12 @@ MODES = {
     'cuda-compile':
     Mode('cuda', _compiled(), True, 'torch.compile on the GPU'),
     'cuda-graphs':
+    Mode('cuda', CUDAGraphRunner, False,
+         'the eager model captured as a CUDA graph and replayed '
+         '(torch.cuda.CUDAGraph)'),
+    'cuda-compile-graphs':
     Mode('cuda', _compiled(mode='reduce-overhead'), False,
-         'torch.compile mode="reduce-overhead" (CUDA graphs)'),
+         'torch.compile mode="reduce-overhead" (inductor with CUDA graphs)'),
 }
 CPU_MODES = tuple(m for m, mode in MODES.items() if mode.device == 'cpu')
 CUDA_MODES = tuple(m for m, mode in MODES.items() if mode.device == 'cuda')
@@ -267,7 +306,7 @@ def _time_mode_in(mode_name, models, plan, warnings, log):
                 for name in steps:
                     if name + FLOOR in steps or name.endswith(FLOOR):
                         out[batch][name]['profile'] = _profile(
-                            steps[name], plan.profile)
+                            steps[name], plan.profile, mode.device)
         if plan.trains(mode_name, batch):
             log(f'{mode_name}, batch {batch}: timing training steps')
             # copies: the SGD steps must not move the weights timed above
@@ -310,20 +349,33 @@ def _to(model, device, plan):
     return model.to(device=device, memory_format=plan.memory_format).eval()
 
 
-def _profile(step: Callable, forwards: int) -> list:
+def _profile(step: Callable, forwards: int, device: str = 'cpu') -> list:
     """``[[op, us per forward, calls per forward], ...]`` of ``forwards``
-    calls of ``step``, largest first: self CPU time by ``torch.profiler``,
-    or, for an ONNX Runtime step, ONNX Runtime's own profile of its nodes
-    by op type."""
+    calls of ``step``, largest first: by ``torch.profiler``, self CPU time
+    on CPU, and on CUDA the GPU time of the kernels (CPU ops without
+    kernels left out); for an ONNX Runtime step, ONNX Runtime's own
+    profile of its nodes by op type."""
     if isinstance(step, SessionStep):
         return step.profile(forwards)
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = device.startswith('cuda')
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                           if cuda else [])
+    with profile(activities=activities) as prof:
         for _ in range(forwards):
             step()
-    rows = [[e.key, e.self_cpu_time_total / forwards, e.count / forwards]
-            for e in prof.key_averages()]
-    return sorted(rows, key=lambda r: -r[1])
+        if cuda:
+            torch.cuda.synchronize()
+    total, calls = {}, {}
+    for e in prof.key_averages():
+        us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if cuda and not us:
+            continue
+        op = e.key[:72]  # (kernels' names run to hundreds of characters)
+        total[op] = total.get(op, 0) + us / forwards
+        calls[op] = calls.get(op, 0) + e.count / forwards
+    return sorted(([op, us, calls[op]] for op, us in total.items()),
+                  key=lambda r: -r[1])
 
 
 def _onnxruntime_steps(models, x, plan):
@@ -523,8 +575,11 @@ def report(result: dict, markdown: bool = False) -> str:
             parts.append(
                 format_table(HEADER, table(result, mode, batch), markdown))
             for name, rows in profile_rows(result, mode, batch):
-                parts.append(f'{name}: self time per forward by op, beside '
-                             f'its floor ({mode}, batch {batch})\n')
+                what = ('GPU time per forward by kernel'
+                        if MODES[mode].device == 'cuda' else
+                        'self time per forward by op')
+                parts.append(f'{name}: {what}, beside its floor ({mode}, '
+                             f'batch {batch})\n')
                 parts.append(format_table(PROFILE_HEADER, rows, markdown))
     header, rows = fastest_rows(result)
     parts.append(f'{head}median ms in every mode\n')
