@@ -39,7 +39,8 @@ setup(
     version=version(),
     description='CNN Mixture-of-Depths backbones for mmpretrain, '
     'mmsegmentation and mmdetection',
-    long_description=open('README.md').read() if osp.exists('README.md') else '',
+    long_description=(open('README.md').read()
+                      if osp.exists('README.md') else ''),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     packages=find_packages(include=['mmmod', 'mmmod.*']),

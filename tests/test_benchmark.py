@@ -13,7 +13,7 @@ from mmmod.analysis import benchmark as bench
 from mmmod.layers import MoDBlock
 from mmmod.models import ResNetMoD_CIFAR
 from mmmod.paper import SPEEDUPS
-from mmmod.utils.benchmark import (SPREAD_LIMIT, FloorBlock,
+from mmmod.utils.timing import (SPREAD_LIMIT, FloorBlock,
                                    floor_mod_blocks, measure_latency,
                                    measure_train_throughput, skip_mod_blocks,
                                    spread_warning, summarise,
@@ -201,14 +201,14 @@ def test_fastest_mode_table():
     (['--modes', 'eager', 'fast'], "--modes: unknown mode.*'fast'.*eager, "
      'compile, compile-freeze, onnxruntime'),
     (['--modes', 'eager', 'eager'], '--modes: each mode once'),
-    (['--batch-sizes', '0'], '--batch-sizes must be positive integers'),
+    (['--batch-sizes', '0'], '--batch-sizes: must be positive integers'),
     (['--batch-sizes', '1', '1'], '--batch-sizes: each batch size once'),
     (['--batch-sizes', 'x'], "--batch-sizes: invalid int value: 'x'"),
     (['--batch-sizes', '1', '--train-batch-sizes', '8'],
-     r'--train-batch-sizes \[8\] must be among --batch-sizes \[1\]'),
-    (['--repeats', '0'], '--repeats must be >= 1'),
-    (['--warmup', '0'], '--warmup must be >= 1'),
-    (['--train-repeats', '-1'], '--train-repeats must be >= 0'),
+     r'--train-batch-sizes: \[8\] must be among the batch sizes \[1\]'),
+    (['--repeats', '0'], '--repeats: must be >= 1'),
+    (['--warmup', '0'], '--warmup: must be >= 1'),
+    (['--train-repeats', '-1'], '--train-repeats: must be >= 0'),
     (['--input-size', '1', '2', '3'], '--input-size takes S or H W'),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
@@ -223,7 +223,7 @@ def test_bad_arguments_are_named(argv, message, capsys):
 def test_cuda_modes_without_a_gpu_are_refused(capsys):
     with pytest.raises(SystemExit):
         benchmark_tool.parse_args([BASELINE, MOD, '--modes', 'cuda-eager'])
-    assert '--modes cuda-eager need a CUDA device' in capsys.readouterr().err
+    assert '--modes: cuda-eager need a CUDA device' in capsys.readouterr().err
     assert 'cuda-eager' not in bench.default_modes()
 
 

@@ -136,7 +136,7 @@ def test_rerun_reuses_data_and_unwritable_work_dir(demo, tmp_path):
     assert stamps == {f: os.stat(f).st_mtime_ns for f in stamps}
     assert proc.returncode != 0
     assert 'Traceback' not in proc.stderr
-    assert f"cannot write the work dir --work-dir '{bad}'" in proc.stderr
+    assert f"--work-dir: cannot write the work dir '{bad}'" in proc.stderr
 
 
 def test_bad_arguments(tmp_path):
@@ -146,7 +146,8 @@ def test_bad_arguments(tmp_path):
     (tmp_path / 'mine.txt').write_text('keep me')
     proc = run_demo('--data-root', str(tmp_path))
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr
-    assert f"--data-root '{tmp_path}'" in proc.stderr
+    assert f"--data-root: cannot export the digits to '{tmp_path}'" \
+        in proc.stderr
     assert (tmp_path / 'mine.txt').read_text() == 'keep me'
 
 
@@ -169,7 +170,7 @@ def test_busy_machine_is_said_in_the_report(tmp_path):
 
     from mmmod.demo.run import write_report
     from mmmod.utils import spread_warning
-    from mmmod.utils.benchmark import summarise
+    from mmmod.utils.timing import summarise
     quiet = summarise([10.0, 10.1, 10.2, 9.9, 10.0])
     busy = summarise([25.0, 98.0, 40.0, 26.0, 90.0])
     results = {

@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mmmod.layers import (FUSIONS, HAS_EXT, ConvChain, MoDBlock, mod_blocks,
                           ops, switch_to_deploy)
-from mmmod.utils.benchmark import skip_mod_blocks
+from mmmod.utils.timing import skip_mod_blocks
 
 CL = torch.channels_last
 needs_ext = pytest.mark.skipif(not HAS_EXT, reason='mmmod._ext not built')
@@ -126,15 +126,14 @@ def test_conv_chain_kernel_equals_the_composite(seed, layout):
 
 def test_conv_chain_rejects_bad_arguments():
     x = torch.randn(1, 4, 5, 5)
-    w = torch.randn(4, 4, 3, 3)
+    w, b = torch.randn(4, 4, 3, 3), torch.zeros(4)
     with pytest.raises(RuntimeError, match='conv_chain'):  # same-size conv
-        torch.ops.mmmod.conv_chain(x, [w], [None], [0, 0, 1, 1, 1, 0], False,
-                                   0)
+        torch.ops.mmmod.conv_chain(x, [w], [b], [0, 0, 1, 1, 1, 0], False, 0)
     with pytest.raises(RuntimeError, match='conv_chain'):  # channels
-        torch.ops.mmmod.conv_chain(x[:, :3], [w], [None], [1, 1, 1, 1, 1, 0],
+        torch.ops.mmmod.conv_chain(x[:, :3], [w], [b], [1, 1, 1, 1, 1, 0],
                                    False, 0)
     with pytest.raises(RuntimeError, match='conv_chain'):  # meta length
-        torch.ops.mmmod.conv_chain(x, [w], [None], [1, 1, 1, 1, 1], False, 0)
+        torch.ops.mmmod.conv_chain(x, [w], [b], [1, 1, 1, 1, 1], False, 0)
 
 
 @pytest.mark.parametrize('fusion', FUSIONS)

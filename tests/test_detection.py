@@ -44,7 +44,8 @@ def load_config(*options, config=CONFIG):
 
 
 def backbone_weights(state, prefix='backbone.'):
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v
+            for k, v in state.items() if k.startswith(prefix)}
 
 
 def test_config_is_the_stock_voc0712_recipe():

@@ -1,6 +1,7 @@
 """docker/Dockerfile installs through tools/install.sh, so that its versions
-are the pinned ones of requirements/versions.sh and cannot drift from them.
-(No Docker engine is needed: the files are read, not built.)"""
+are the pinned ones of requirements/versions.sh and cannot drift from them,
+and passes hadolint. (The files are read here; docker/check_cpu_image.sh
+builds the image and runs the demo and the fast tier in it.)"""
 import re
 
 import pytest
@@ -36,15 +37,15 @@ def arg(name):
     return value
 
 
-def test_installs_the_repo_with_install_sh_and_cuda_ops():
+def test_installs_the_repo_with_install_sh_and_no_versions_of_its_own():
+    """The image's versions are install.sh's (so versions.sh's): nothing is
+    pip-installed around it, no version written; CUDA ops by default."""
     steps = instructions()
     runs = [args for op, args in steps if op == 'RUN']
     [install] = [r for r in runs if 'tools/install.sh' in r]
-    assert re.search(r'\bFORCE_CUDA=1\b.*\bbash tools/install\.sh\b', install)
     copy = steps.index(('COPY', '. /mmmod'))
     assert copy < steps.index(('RUN', install))  # the repo is there first
-    assert "get_compiling_cuda_version" in install  # and checked
-    # Nothing is pip-installed around install.sh, nor any version written.
+    assert arg('FORCE_CUDA') == '1'
     dockerfile = ' '.join(args for _, args in steps)
     assert 'pip install' not in dockerfile
     assert not re.search(r'[=<>~!]=\s*\d', dockerfile)
@@ -67,7 +68,7 @@ def test_install_sh_reads_every_pin_from_versions_sh():
 
 def test_base_image_cuda_is_the_pinned_torch_cuda():
     cuda = re.fullmatch(r'nvidia/cuda:(\d+)\.(\d+)\.\d+-(cudnn-)?devel-\S+',
-                        arg('CUDA_IMAGE'))
+                        arg('BASE'))
     assert cuda, 'a CUDA devel image: mmcv needs nvcc'
     assert [op for op, _ in instructions()][:2] == ['ARG', 'FROM']
     if torch.__version__.split('+')[0] != pins()['TORCH_VERSION']:

@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import os.path as osp
-import pickle
 
 import numpy as np
 import pytest
@@ -74,6 +73,28 @@ def meta(ckpt):
     return torch.load(ckpt, map_location='cpu', weights_only=False)['meta']
 
 
+def assert_same(a, b, where='checkpoint'):
+    """``a`` and ``b`` hold equal values of equal types, tensors and arrays
+    bit for bit."""
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            assert_same(a[k], b[k], f'{where}[{k!r}]')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f'{where}[{i}]')
+    elif hasattr(a, '__dict__'):  # HistoryBuffer
+        assert_same(vars(a), vars(b), where)
+    else:
+        assert a == b, where
+
+
 def logged_steps(runner):
     with open(osp.join(runner.log_dir, 'vis_data', 'scalars.json')) as f:
         return [json.loads(line)['step'] for line in f if '"loss"' in line]
@@ -91,10 +112,13 @@ def test_train_resume_test(imagenet, tmp_path, monkeypatch):
     assert (runner.epoch, runner.iter) == (1, N_TRAIN // 2)
     ckpt = osp.join(work_dir, 'epoch_1.pth')
     assert (meta(ckpt)['epoch'], meta(ckpt)['iter']) == (1, 6)
-    # What the tools work around: torch's default refuses the checkpoint.
-    if hasattr(torch.serialization, 'add_safe_globals'):  # torch >= 2.4
-        with pytest.raises(pickle.UnpicklingError):
-            torch.load(ckpt, map_location='cpu', weights_only=True)
+    # It loads as data: nothing in it beyond the allowlist, and what
+    # weights_only reads is what a full unpickling reads, bit for bit.
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(ckpt) == []
+    as_data = torch.load(ckpt, map_location='cpu', weights_only=True)
+    full = torch.load(ckpt, map_location='cpu', weights_only=False)
+    assert_same(as_data, full)
+    assert as_data['message_hub']['log_scalars']['train/loss'].mean() > 0
 
     # --resume picks up epoch_1.pth and trains epoch 2 only.
     runner = train_tool.main(args + tiny(imagenet, epochs=2) + ['--resume'])
@@ -145,6 +169,76 @@ def test_checkpoint_of_another_model_is_refused(imagenet, tmp_path):
     assert 0 <= metrics['accuracy/top1'] <= 100
     # the right model's checkpoint passes the check
     assert test_tool.main([CONFIG, str(ckpt)] + opts)['accuracy/top1'] >= 0
+
+
+class RunsCode:
+    """A pickle that opens (creates) a file when it is loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+class Getattr:
+    """A pickle that asks for a HistoryBuffer attribute that is no
+    statistics method."""
+
+    def __reduce__(self):
+        from mmengine.logging import HistoryBuffer
+        return (getattr, (HistoryBuffer, '__init__'))
+
+
+def test_checkpoint_that_runs_code_is_refused(imagenet, tmp_path,
+                                              monkeypatch):
+    """A checkpoint whose pickle would open a file: refused before anything
+    is built, naming the type and the opt-in, in tools/test.py, load_from,
+    --resume, build_model and the converters; the file is never opened.
+    With --trust-checkpoint a file of a type that is no data loads."""
+    from fractions import Fraction
+
+    from conftest import save_classifier_checkpoint
+    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
+    marker = tmp_path / 'opened'
+    good = tmp_path / 'good.pth'
+    state = save_classifier_checkpoint(CONFIG, good)
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': state, 'meta': RunsCode(str(marker))}, evil)
+    opts = ['--work-dir', str(tmp_path / 'work'), '--cfg-options'
+            ] + tiny(imagenet)
+    attempts = [
+        lambda: test_tool.main([CONFIG, str(evil)] + opts),
+        lambda: train_tool.main([CONFIG] + opts + [f'load_from={evil}']),
+        lambda: train_tool.main([CONFIG, '--resume', str(evil)] + opts),
+        lambda: apis.build_model(CONFIG, str(evil)),
+        lambda: tool('deployment/switch_to_deploy').main(
+            [CONFIG, str(evil), str(tmp_path / 'dst.pth')]),
+    ]
+    for attempt in attempts:
+        with pytest.raises(apis.CheckpointNotDataError) as err:
+            attempt()
+        assert f'{evil} holds io.open' in str(err.value)
+        assert '--trust-checkpoint' in str(err.value)
+    # the same refusal where the file is not scanned first (as a URL's)
+    with pytest.raises(apis.CheckpointNotDataError, match='io.open'):
+        with apis.checkpoints_as_data():
+            torch.load(evil)
+    # getattr is allowed for HistoryBuffer's statistics alone
+    torch.save({'meta': Getattr()}, tmp_path / 'getattr.pth')
+    with pytest.raises(apis.CheckpointNotDataError, match='__init__'):
+        with apis.checkpoints_as_data():
+            torch.load(tmp_path / 'getattr.pth')
+    assert not marker.exists()
+    assert not glob.glob(str(tmp_path / 'work' / '*.pth'))
+
+    odd = tmp_path / 'odd.pth'  # a harmless type that is no data
+    torch.save({'state_dict': state, 'meta': {'ratio': Fraction(1, 3)}}, odd)
+    with pytest.raises(apis.CheckpointNotDataError,
+                       match='fractions.Fraction'):
+        test_tool.main([CONFIG, str(odd)] + opts)
+    metrics = test_tool.main([CONFIG, str(odd), '--trust-checkpoint'] + opts)
+    assert 0 <= metrics['accuracy/top1'] <= 100
 
 
 def test_deployed_checkpoint_tests_as_the_trained_one(imagenet, tmp_path):
@@ -199,6 +293,34 @@ def run_dist(script, args, tmp_path):
     code, log = stock_checkpoints.run_dist(script, args, tmp_path)
     assert code == 0, log[-5000:]
     return log
+
+
+def test_dist_preflight_prints_one_message(imagenet, tmp_path):
+    """tools/dist_train.sh / dist_test.sh check once before torchrun starts
+    N processes: a missing checkpoint or data root is one message, no
+    traceback, exit 1, no process started."""
+    fcn = osp.join(ROOT, 'configs/fcn_r50mod_cityscapes.py')
+    code, log = stock_checkpoints.run_dist('dist_train.sh', [fcn, '4'],
+                                           tmp_path)
+    assert code == 1
+    assert log.count('does not exist') == 1, log
+    # the way on, for the same 4 processes
+    assert 'tools/dist_train.sh configs/fcn_r50mod-stock-init_cityscapes.py 4'\
+        in log.replace(ROOT + os.sep, '')
+    assert 'Traceback' not in log and 'torch.distributed' not in log
+    assert log.startswith('error: model.backbone.init_cfg.checkpoint: ')
+
+    missing = str(tmp_path / 'no.pth')
+    code, log = stock_checkpoints.run_dist(
+        'dist_test.sh', [CONFIG, missing, '2', '--cfg-options'] +
+        tiny(imagenet), tmp_path)
+    assert (code, log) == (1, f'error: checkpoint not found: {missing}\n')
+    code, log = stock_checkpoints.run_dist(
+        'dist_train.sh', [CONFIG, '2', '--cfg-options',
+                          'train_dataloader.dataset.data_root=/nowhere'],
+        tmp_path)
+    assert code == 1 and log.count('/nowhere does not exist') == 1, log
+    assert 'Traceback' not in log
 
 
 @pytest.mark.slow

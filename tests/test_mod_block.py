@@ -59,12 +59,27 @@ def test_unselected_channels_pass_through(fusion):
 
 @pytest.mark.parametrize('fusion', FUSIONS)
 def test_gradients_reach_selector_and_block(fusion):
+    """Every parameter gets a gradient, and the block's gradients (input,
+    selector, Conv-Block; through the ops' own backward) are the numerical
+    ones, in float64 (BN in eval)."""
+    torch.manual_seed(0)
     block = MoDBlock(32, conv_block, c=4, fusion=fusion).train()
     x = torch.randn(4, 32, 6, 6, requires_grad=True)
     block(x).square().sum().backward()
     for name, p in block.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert x.grad is not None
+    assert x.grad.abs().sum() > 0
+
+    block = block.double().eval()
+    names = [n for n, _ in block.named_parameters()]
+    x = torch.randn(2, 32, 3, 3, dtype=torch.double, requires_grad=True)
+
+    def f(x, *params):
+        return torch.func.functional_call(block, dict(zip(names, params)),
+                                          (x, ))
+    assert torch.autograd.gradcheck(
+        f, (x, *[p.detach().clone().requires_grad_()
+                 for p in block.parameters()]), eps=1e-6, atol=1e-5)
 
 
 def test_selection_depends_on_the_input():

@@ -3,6 +3,7 @@ CPU kernels give bit for bit what the composite (pure-PyTorch) implementation
 gives, on fuzzed shapes, layouts, fusions, batch sizes and ties; the block's
 eval output equals the training graph's in eager, torch.compile, torch.export
 and ONNX Runtime; every test that is about a fast path asserts it ran."""
+import importlib.machinery
 import os
 import subprocess
 import sys
@@ -192,6 +193,40 @@ def test_without_the_extension_in_a_subprocess():
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == 'ok'
+
+
+def test_an_extension_that_does_not_load_is_named_once(tmp_path):
+    """A built mmmod._ext that does not load (built against another torch,
+    say): one warning naming the cause and the rebuild, the ops on their
+    pure-PyTorch forms, HAS_EXT false."""
+    import shutil
+
+    import mmmod
+    copy = tmp_path / 'mmmod'
+    shutil.copytree(os.path.dirname(mmmod.__file__), copy,
+                    ignore=shutil.ignore_patterns('_ext*', '__pycache__'))
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (copy / f'_ext{suffix}').write_bytes(b'not a shared library')
+    script = textwrap.dedent('''
+        import warnings
+        warnings.simplefilter('always')
+        with warnings.catch_warnings(record=True) as caught:
+            import mmmod
+            import mmmod.layers.ops as ops
+        assert mmmod.__file__.startswith(%r), mmmod.__file__
+        assert not ops.HAS_EXT
+        texts = [str(w.message) for w in caught if 'mmmod._ext' in
+                 str(w.message)]
+        assert len(texts) == 1, texts
+        print(texts[0])
+    ''' % str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    res = subprocess.run([sys.executable, '-c', script], env=env,
+                         capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert 'is built but does not load' in res.stdout
+    assert 'pip install --no-build-isolation' in res.stdout
 
 
 def test_bad_arguments_get_clear_errors():

@@ -2,6 +2,7 @@
 translated to TopK, GatherElements, Concat / ScatterElements), ONNX Runtime
 agrees with PyTorch, and tools/deployment/export_onnx.py runs end to end."""
 import collections
+import copy
 
 import onnx
 import pytest
@@ -39,6 +40,54 @@ def test_backbone_exports_and_runs_in_onnx_runtime(fusion, tmp_path):
         mine = model(x)
     onnx_out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     assert [o.shape for o in onnx_out] == [tuple(t.shape) for t in mine]
+
+
+def plain_models():
+    """A MoD backbone of each kind, a classifier, and the inference form."""
+    from mmpretrain.registry import MODELS
+
+    from mmmod.deployment import build_tensor_model
+    from mmmod.layers import switch_to_deploy
+    torch.manual_seed(0)
+    models = {
+        'resnet50-mod': MODELS.build(dict(type='ResNetMoD', depth=50,
+                                          base_channels=16, c=16)),
+        'mobilenet-v2-mod': MODELS.build(dict(type='MobileNetV2MoD',
+                                              widen_factor=0.5, c=8)),
+        'vgg-mod': MODELS.build(dict(type='VGGMoD', depth=11, c=64,
+                                     num_classes=-1)),
+        'resnet50-mod, original fusion': MODELS.build(dict(
+            type='ResNetMoD', depth=50, base_channels=16, c=16,
+            fusion='original')),
+        'resnet18-mod classifier': build_tensor_model(
+            CONFIGS + 'resnet18-mod_8xb32_in1k.py'),
+    }
+    for m in models.values():
+        m.eval()  # (stock backbones' eval() returns None: no chaining)
+    models['resnet18-mod classifier, inference form'] = switch_to_deploy(
+        copy.deepcopy(models['resnet18-mod classifier']))
+    return models
+
+
+@pytest.mark.parametrize('dynamo', [True, False])
+def test_plain_torch_onnx_export(dynamo, tmp_path):
+    """``torch.onnx.export(model, (x,), f)`` with nothing mmmod-specific,
+    with the default exporter and the TorchScript one (``dynamo=False``, as
+    mmdeploy calls it): standard ops only, and ONNX Runtime equals eager on
+    new input."""
+    import warnings
+    x = torch.randn(2, 3, 64, 64)
+    for name, model in plain_models().items():
+        path = str(tmp_path / 'model.onnx')
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(model, (x, ), path, dynamo=dynamo)
+        graph = onnx.load(path).graph
+        assert {n.domain for n in graph.node} <= {'', 'ai.onnx'}, name
+        assert op_counts(path)['TopK'] > 0, name  # the selectors are there
+        sess = export_tool.session(path)
+        assert export_tool.max_abs_diff(model, sess, torch.randn_like(x)
+                                        ) <= 1e-4, name
 
 
 @pytest.mark.e2e

@@ -91,7 +91,8 @@ def test_backbone_starts_from_the_imagenet_classifier(tmp_path):
     }
     # the whole ResNet-MoD, MoD blocks too; the deep stem from mmpretrain's
     # layout (stem.0.conv.weight) into mmseg's (stem.0.weight)
-    got = {canonical_name(k): v for k, v in model.backbone.state_dict().items()}
+    got = {canonical_name(k): v
+           for k, v in model.backbone.state_dict().items()}
     expected = {canonical_name(k): v for k, v in expected.items()}
     assert got.keys() == expected.keys()
     assert 'stem.0.weight' in model.backbone.state_dict()

@@ -162,7 +162,7 @@ def test_random_init_warns_and_bad_input_is_named(setup, tmp_path):
             str(config), '--images', str(root / 'images'), '--num-images',
             '2', '--out-dir', str(tmp_path)])
     assert all(s['images'] == 2 for s in summary.values())
-    with pytest.raises(FileNotFoundError, match='--images: no such folder'):
+    with pytest.raises(FileNotFoundError, match='--images: no image folder'):
         selection.main([str(config), '--images', str(tmp_path / 'nope')])
     with pytest.raises(FileNotFoundError, match='checkpoint not found'):
         selection.main([str(config), str(tmp_path / 'x.pth'), '--images',

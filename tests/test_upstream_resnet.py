@@ -23,6 +23,7 @@ Differences by design, each checked below where it shows:
   classes, used unchanged) and the torchvision-checkpoint test (a
   download).
 """
+import copy
 import importlib
 
 import pytest
@@ -141,13 +142,26 @@ def test_resnet18_forward(scope):
 
 @pytest.mark.parametrize('scope', SCOPES)
 def test_with_cp_reaches_every_block(scope):
-    model = cls(scope, 'ResNetMoD')(50, with_cp=True, base_channels=1, c=1)
+    """with_cp (activation checkpointing) in every block, the MoD
+    Conv-Blocks too; the gradients are those of the same model without it,
+    every parameter's and the input's."""
+    torch.manual_seed(0)
+    model = cls(scope, 'ResNetMoD')(50, with_cp=True, base_channels=8, c=8)
     assert all(b.with_cp for b in blocks(model, scope))
     assert len(blocks(model, scope)) == 16  # 7 of them MoD Conv-Blocks
-    model.train()
-    x = torch.randn(2, 3, 32, 32, requires_grad=True)
-    model(x)[-1].sum().backward()
-    assert model.layer4[1].selector.fc2.weight.grad is not None
+    ref = copy.deepcopy(model)
+    for b in blocks(ref, scope):
+        b.with_cp = False
+    grads = []
+    x = torch.randn(2, 3, 32, 32)
+    for m in (model, ref):
+        m.train()
+        xi = x.clone().requires_grad_()
+        m(xi)[-1].square().sum().backward()
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    assert grads[0][0].abs().sum() > 0  # (the input's)
+    for g, r in zip(*grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('scope', SCOPES)

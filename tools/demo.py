@@ -44,9 +44,10 @@ def main(argv=None):
     args = parse_args(argv)
     from mmmod.demo import DemoError, run_demo
     try:
-        run_demo(args)
+        run_demo(args.work_dir, args.data_root, args.epochs, args.quick)
     except DemoError as e:
-        print(f'tools/demo.py: error: {e}', file=sys.stderr)
+        flag = '--' + e.parameter.replace('_', '-')
+        print(f'tools/demo.py: error: {flag}: {e}', file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,7 +1,8 @@
 """Test a checkpoint of any mmmod config with the stock runner and metric.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] \
-        [--out results.pkl] [--tta] [--partial-load] [--cfg-options k=v ...]
+        [--out results.pkl] [--tta] [--partial-load] [--cfg-options k=v ...] \
+        [--preflight] [--trust-checkpoint]
 
 A checkpoint whose weights do not fit the config's model is refused (it
 would test a mostly random model) unless --partial-load.
@@ -9,8 +10,9 @@ Several processes: tools/dist_test.sh.
 """
 import argparse
 import os
+import sys
 
-from mmmod.apis import close_distributed, test
+from mmmod.apis import add_trust_flag, apply_trust_flag, run_tool, test
 
 
 def parse_args(argv=None):
@@ -28,8 +30,13 @@ def parse_args(argv=None):
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V')
     p.add_argument('--launcher', default='none',
                    choices=['none', 'pytorch', 'slurm', 'mpi'])
+    p.add_argument('--preflight', action='store_true',
+                   help='only check that the run can start (checkpoints, '
+                   'data roots): one message and exit 1 if not')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_trust_flag(p)
     args = p.parse_args(argv)
+    apply_trust_flag(args)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
@@ -38,13 +45,9 @@ def main(argv=None):
     """Returns the metrics, e.g. ``{'accuracy/top1': 76.2, ...}``."""
     args = parse_args(argv)
     return test(args.config, args.checkpoint, args.work_dir, args.out,
-                args.tta, args.cfg_options, args.launcher, args.partial_load)
+                args.tta, args.cfg_options, args.launcher, args.partial_load,
+                args.preflight)
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except BaseException:
-        close_distributed(finished=False)
-        raise
-    close_distributed()
+    run_tool(main, '--preflight' in sys.argv)

@@ -2,15 +2,16 @@
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] \
         [--auto-scale-lr] [--partial-load] [--cfg-options key=value ...] \
-        [--launcher pytorch]
+        [--launcher pytorch] [--preflight] [--trust-checkpoint]
 
 The toolbox is the config's ``default_scope``; mmmod is imported so that its
 backbones are registered. Several processes: tools/dist_train.sh.
 """
 import argparse
 import os
+import sys
 
-from mmmod.apis import close_distributed, train
+from mmmod.apis import add_trust_flag, apply_trust_flag, run_tool, train
 
 
 def parse_args(argv=None):
@@ -39,8 +40,13 @@ def parse_args(argv=None):
                    'train_cfg.max_epochs=1 data_root=/data/cifar')
     p.add_argument('--launcher', default='none',
                    choices=['none', 'pytorch', 'slurm', 'mpi'])
+    p.add_argument('--preflight', action='store_true',
+                   help='only check that the run can start (checkpoints, '
+                   'data roots): one message and exit 1 if not')
     p.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_trust_flag(p)
     args = p.parse_args(argv)
+    apply_trust_flag(args)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
@@ -49,13 +55,8 @@ def main(argv=None):
     args = parse_args(argv)
     return train(args.config, args.work_dir, args.resume, args.amp,
                  args.auto_scale_lr, args.cfg_options, args.launcher,
-                 args.partial_load)
+                 args.partial_load, args.preflight)
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except BaseException:
-        close_distributed(finished=False)
-        raise
-    close_distributed()
+    run_tool(main, '--preflight' in sys.argv)

@@ -5,7 +5,8 @@
 # stem and the standard blocks take its weights, the MoD blocks start fresh
 # (mmmod.models.warm_start).
 #
-#   tools/dist_train.sh configs/faster_rcnn/faster-rcnn_r50mod-stock-init_fpn_1x_voc0712.py 8
+#   tools/dist_train.sh \
+#       configs/faster_rcnn/faster-rcnn_r50mod-stock-init_fpn_1x_voc0712.py 8
 _base_ = ['./faster-rcnn_r50mod_fpn_1x_voc0712.py']
 
 model = dict(backbone=dict(init_cfg=dict(

@@ -4,7 +4,8 @@
 # the ratio, horizontal flip 0.5, batch 2 per GPU, and the VOC mAP with
 # 11-point interpolation on the VOC2007 test split.
 #
-#   tools/dist_train.sh configs/faster_rcnn/faster-rcnn_r50mod_fpn_1x_voc0712.py 8
+#   tools/dist_train.sh \
+#       configs/faster_rcnn/faster-rcnn_r50mod_fpn_1x_voc0712.py 8
 _base_ = ['mmdet::pascal_voc/faster-rcnn_r50_fpn_1x_voc0712.py']
 
 custom_imports = dict(imports=['mmmod'], allow_failed_imports=False)

@@ -31,8 +31,8 @@ from mmmod.apis import model_name
 from mmmod.paper import SPEEDUPS
 from mmmod.utils import count_macs, count_params
 from mmmod.layers import mod_blocks, switch_to_deploy
-from mmmod.utils.benchmark import (describe_machine, floor_mod_blocks,
-                                   has_mod_blocks, measure_train_throughput,
+from mmmod.utils.timing import (describe_machine, floor_mod_blocks,
+                                   measure_train_throughput,
                                    skip_mod_blocks, spread_warning,
                                    time_interleaved)
 
@@ -130,48 +130,56 @@ def default_modes() -> tuple:
     return CPU_MODES + (CUDA_MODES if torch.cuda.is_available() else ())
 
 
+class PlanError(ValueError):
+    """A bad value of a :class:`Plan` field, named by ``field``."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f'{field}: {message}')
+        self.field, self.message = field, message
+
+
 def check_modes(modes: Sequence[str]) -> list:
-    """``modes`` if every one is known and can run here, else ValueError
-    naming the argument and the choices."""
+    """``modes`` if every one is known and can run here, else
+    :class:`PlanError` naming the choices."""
     modes = list(modes)
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
-        raise ValueError(f'--modes: unknown mode(s) {unknown or modes}; '
-                         f'choose among {", ".join(MODES)}')
+        raise PlanError('modes', f'unknown mode(s) {unknown or modes}; '
+                        f'choose among {", ".join(MODES)}')
     if len(set(modes)) < len(modes):
-        raise ValueError(f'--modes: each mode once, got {modes}')
+        raise PlanError('modes', f'each mode once, got {modes}')
     cuda = [m for m in modes if MODES[m].device == 'cuda']
     if cuda and not torch.cuda.is_available():
-        raise ValueError(f'--modes {" ".join(cuda)} need a CUDA device and '
-                         f'there is none here; CPU modes: '
-                         f'{", ".join(CPU_MODES)}')
+        raise PlanError('modes', f'{" ".join(cuda)} need a CUDA device and '
+                        f'there is none here; CPU modes: '
+                        f'{", ".join(CPU_MODES)}')
     if 'onnxruntime' in modes:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            raise ValueError('--modes onnxruntime needs the onnxruntime '
-                             'package (pip install onnxruntime), or leave '
-                             'the mode out') from None
+            raise PlanError('modes', 'onnxruntime needs the onnxruntime '
+                            'package (pip install onnxruntime), or leave the '
+                            'mode out') from None
     return modes
 
 
 def check_batch_sizes(batch_sizes: Sequence[int],
-                      option: str = '--batch-sizes') -> list:
+                      field: str = 'batch_sizes') -> list:
     """``batch_sizes`` if they are distinct positive integers, else
-    ValueError naming ``option``."""
+    :class:`PlanError` naming ``field``."""
     batch_sizes = list(batch_sizes)
     if not all(isinstance(b, int) and b >= 1 for b in batch_sizes):
-        raise ValueError(f'{option} must be positive integers, got '
-                         f'{batch_sizes}')
+        raise PlanError(field, f'must be positive integers, got '
+                        f'{batch_sizes}')
     if len(set(batch_sizes)) < len(batch_sizes):
-        raise ValueError(f'{option}: each batch size once, got {batch_sizes}')
+        raise PlanError(field, f'each batch size once, got {batch_sizes}')
     return batch_sizes
 
 
 @dataclass
 class Plan:
     """What to time: modes, batch sizes, input and rounds. Checked when
-    made: a bad value is a ValueError naming the option.
+    made: a bad value is a :class:`PlanError` naming the field.
 
     Warm-up rounds are at least 1: the first call of a model compiles it
     (compile modes), captures its CUDA graph or creates its optimizer state,
@@ -194,20 +202,21 @@ class Plan:
         if self.train_batch_sizes is None:
             self.train_batch_sizes = [max(self.batch_sizes)]
         self.train_batch_sizes = check_batch_sizes(self.train_batch_sizes,
-                                                   '--train-batch-sizes')
+                                                   'train_batch_sizes')
         if not set(self.train_batch_sizes) <= set(self.batch_sizes):
-            raise ValueError(f'--train-batch-sizes {self.train_batch_sizes} '
-                             f'must be among --batch-sizes {self.batch_sizes}')
+            raise PlanError('train_batch_sizes',
+                            f'{self.train_batch_sizes} must be among the '
+                            f'batch sizes {self.batch_sizes}')
         self.input_shape = list(self.input_shape)
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
-            raise ValueError('input_shape must be (channels, height, width), '
-                             f'positive, got {self.input_shape}')
+            raise PlanError('input_shape', 'must be (channels, height, '
+                            f'width), positive, got {self.input_shape}')
         least = dict(warmup=1, repeats=1, train_warmup=1, train_repeats=0,
                      profile=0)
         for key, low in least.items():
             if getattr(self, key) < low:
-                raise ValueError(f'--{key.replace("_", "-")} must be >= '
-                                 f'{low}, got {getattr(self, key)}')
+                raise PlanError(key, f'must be >= {low}, got '
+                                f'{getattr(self, key)}')
 
     @property
     def memory_format(self):
@@ -292,7 +301,8 @@ def _time_mode_in(mode_name, models, plan, warnings, log):
             memory_format=plan.memory_format)
         with torch.no_grad():
             if runners:
-                steps = {name: (lambda r=r: r(x)) for name, r in runners.items()}
+                steps = {name: (lambda r=r: r(x))
+                         for name, r in runners.items()}
             else:
                 steps = _onnxruntime_steps(on_device, x, plan)
             stats = time_interleaved(steps, plan.warmup, plan.repeats,
@@ -327,7 +337,7 @@ def with_references(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
     training form, its floor and its skip bound."""
     out = {}
     for name, model in models.items():
-        if not has_mod_blocks(model):
+        if not mod_blocks(model):
             out[name] = model
             continue
         deployed = copy.deepcopy(model)
@@ -399,7 +409,7 @@ def _onnxruntime_steps(models, x, plan):
 
 class SessionStep:
     """A call of ONNX Runtime session ``sess`` on ``x``, for
-    :func:`~mmmod.utils.benchmark.time_interleaved`; given the model's
+    :func:`~mmmod.utils.timing.time_interleaved`; given the model's
     bytes, :meth:`profile` runs it again with ONNX Runtime's profiler."""
 
     def __init__(self, sess, x: torch.Tensor, graph: Optional[bytes] = None,

@@ -1,5 +1,6 @@
 """The images an analysis runs a model on: a folder through the config's
-test pipeline, or the config's val/test set (``tools/analysis/selection.py``)."""
+test pipeline, or the config's val/test set
+(``tools/analysis/selection.py``)."""
 import os
 import os.path as osp
 
@@ -40,12 +41,12 @@ def load_samples(cfg, images=None, split=None, num_images=256):
 
 def _image_files(folder):
     if not osp.isdir(folder):
-        raise FileNotFoundError(f'--images: no such folder: {folder}')
+        raise FileNotFoundError(f'no image folder {folder}')
     files = sorted(
         osp.join(root, f) for root, _, names in os.walk(folder)
         for f in names if f.lower().endswith(IMAGE_EXTS))
     if not files:
-        raise FileNotFoundError(f'--images: no images ({", ".join(IMAGE_EXTS)}'
+        raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTS)}'
                                 f') under {folder}')
     return files
 

@@ -1,14 +1,22 @@
 """What the command lines in ``tools/`` share: configs, data checks, the
 stock runner, checkpoints and models built from configs."""
-from .checkpoints import check_checkpoints
+from .checkpoints import (TRUST_FLAG, CheckpointNotDataError,
+                          add_trust_flag, allow_checkpoint_data,
+                          apply_trust_flag, check_checkpoint_is_data,
+                          check_checkpoints, checkpoints_as_data,
+                          trust_checkpoints)
 from .config import SCOPES, check_data_roots, load_config, model_name
 from .runner import (build_model, build_runner, check_checkpoint_fits,
-                     close_distributed, setup_distributed_without_cuda,
-                     trust_checkpoints)
-from .train_test import test, train
+                     check_run, close_distributed, load_checkpoint_into,
+                     setup_distributed_without_cuda)
+from .launch import run_tool, test, train
 
 __all__ = [
-    'SCOPES', 'build_model', 'build_runner', 'check_checkpoint_fits',
-    'check_checkpoints', 'check_data_roots', 'close_distributed', 'load_config', 'model_name',
-    'setup_distributed_without_cuda', 'test', 'train', 'trust_checkpoints'
+    'SCOPES', 'TRUST_FLAG', 'CheckpointNotDataError', 'add_trust_flag',
+    'allow_checkpoint_data', 'apply_trust_flag', 'build_model',
+    'build_runner', 'check_checkpoint_fits', 'check_checkpoint_is_data',
+    'check_checkpoints', 'check_data_roots', 'check_run',
+    'checkpoints_as_data', 'close_distributed', 'load_checkpoint_into',
+    'load_config', 'model_name', 'run_tool', 'setup_distributed_without_cuda',
+    'test', 'train', 'trust_checkpoints'
 ]

@@ -11,7 +11,9 @@ config's ``stock_init_config``, a config name).
 """
 import os
 import os.path as osp
+import pickle
 import re
+from contextlib import contextmanager
 from glob import glob
 
 # init_cfg types that load their ``checkpoint`` in init_weights
@@ -131,3 +133,137 @@ def _train_command(config, gpus):
     if gpus > 1:
         return f'tools/dist_train.sh {config} {gpus}'
     return f'python tools/train.py {config}'
+
+
+# --- checkpoints are data ---------------------------------------------------
+#
+# torch >= 2.6 loads with ``weights_only=True``: tensors, containers and
+# plain values, never code. mmengine's checkpoints hold a few more types,
+# allowed here by name and nothing else, so that resume, ``load_from``,
+# ``Pretrained`` and warm starts load as data.
+
+#: The tools' option that loads a checkpoint as any pickle (code included).
+TRUST_FLAG = '--trust-checkpoint'
+
+# HistoryBuffer's statistics, which its pickle fetches with getattr
+_HISTORY_METHODS = ('min', 'max', 'current', 'mean')
+_allowed = False
+
+
+class CheckpointNotDataError(pickle.UnpicklingError):
+    """A checkpoint holds more than data: loading it would run code."""
+
+
+def _history_getattr(obj, name):
+    """``getattr`` as mmengine's pickles use it, and only so: a
+    ``HistoryBuffer`` statistics method (the buffer pickles the methods it
+    computes with as ``getattr(HistoryBuffer, 'mean')``)."""
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and (name in _HISTORY_METHODS
+                                 or name in HistoryBuffer._statistics_methods):
+        return getattr(obj, name)
+    raise CheckpointNotDataError(
+        f'the checkpoint asks for getattr({obj!r}, {name!r}); only '
+        "HistoryBuffer's statistics methods are data")
+
+
+def checkpoint_globals() -> list:
+    """The types (and functions that rebuild them) that mmengine's
+    checkpoints hold beyond torch's default allowlist, as
+    ``torch.serialization.add_safe_globals`` takes them: the message hub's
+    ``HistoryBuffer`` (with the ``getattr`` its pickle calls, narrowed to
+    its statistics methods) and numpy's arrays, scalars and dtypes, under
+    numpy 1's and numpy 2's module names."""
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    entries = [HistoryBuffer, (_history_getattr, 'builtins.getattr'),
+               np.ndarray, np.dtype]
+    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        entries += [(multiarray._reconstruct, f'{module}._reconstruct'),
+                    (multiarray.scalar, f'{module}.scalar')]
+    # a dtype's pickle BUILDs an instance of its class (numpy.dtypes.*)
+    entries += sorted({type(np.dtype(c)) for c in np.typecodes['All']},
+                      key=str)
+    return entries
+
+
+def allow_checkpoint_data():
+    """Let ``torch.load(weights_only=True)`` read mmengine's checkpoints:
+    add :func:`checkpoint_globals` to torch's allowlist (once). Every other
+    type stays refused."""
+    global _allowed
+    import torch
+    if _allowed or not hasattr(torch.serialization, 'add_safe_globals'):
+        return
+    torch.serialization.add_safe_globals(checkpoint_globals())
+    _allowed = True
+
+
+def trust_checkpoints():
+    """Load every checkpoint of this process as any pickle, as torch < 2.6
+    did: for files the user trusts, on the user's explicit request (the
+    tools' ``--trust-checkpoint``), never by default."""
+    os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = '1'
+
+
+def add_trust_flag(parser):
+    """The tools' opt-in :data:`TRUST_FLAG`; :func:`apply_trust_flag` acts
+    on it."""
+    parser.add_argument(
+        TRUST_FLAG, action='store_true',
+        help='load checkpoints as any pickle, which can run code: only for '
+        'files you trust (default: as data; anything else is refused)')
+
+
+def apply_trust_flag(args):
+    if getattr(args, TRUST_FLAG[2:].replace('-', '_'), False):
+        trust_checkpoints()
+
+
+def check_checkpoint_is_data(path):
+    """Raise :class:`CheckpointNotDataError` naming the types that local
+    checkpoint ``path`` holds beyond data (read from its pickle without
+    running it); URLs and files in torch's legacy format are checked when
+    loaded. Nothing to check once :func:`trust_checkpoints` was asked."""
+    import torch
+    if ('://' in path or not osp.isfile(path)
+            or os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD') == '1'
+            or not hasattr(torch.serialization,
+                           'get_unsafe_globals_in_checkpoint')):
+        return
+    allow_checkpoint_data()
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (RuntimeError, ValueError, pickle.UnpicklingError):
+        return  # not a zip checkpoint: torch.load decides
+    if unsafe:
+        raise CheckpointNotDataError(not_data_message(path, sorted(unsafe)))
+
+
+def not_data_message(path, types):
+    return (f'{path} holds {", ".join(types)}: not data (tensors, numbers, '
+            "containers, numpy arrays, mmengine's log buffers), so loading it "
+            'could run code, and it was not loaded. If you trust the file, '
+            f'load it anyway with {TRUST_FLAG}.')
+
+
+@contextmanager
+def checkpoints_as_data():
+    """Loads inside (the runner's, ``init_weights``') read checkpoints as
+    data (:func:`allow_checkpoint_data`); a refusal becomes one
+    :class:`CheckpointNotDataError` that names the opt-in."""
+    allow_checkpoint_data()
+    try:
+        yield
+    except CheckpointNotDataError:
+        raise
+    except pickle.UnpicklingError as e:
+        found = (re.search(r'GLOBAL (\S+) was not an allowed global', str(e))
+                 or re.search(r'(getattr\(.*?\))', str(e)))
+        what = found[1] if found else 'a type that is not data'
+        raise CheckpointNotDataError(
+            not_data_message('a checkpoint of this run', [what])) from None

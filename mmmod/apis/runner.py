@@ -1,31 +1,11 @@
 """Building the stock runner for a config (also on machines without CUDA),
 loading checkpoints, and building a config's model."""
 import datetime
-import os
 import os.path as osp
-import warnings
 
-from .checkpoints import check_checkpoints
+from .checkpoints import (allow_checkpoint_data, check_checkpoint_is_data,
+                          check_checkpoints, checkpoints_as_data)
 from .config import check_data_roots, load_config
-
-
-def trust_checkpoints():
-    """Let torch >= 2.6 load mmengine's checkpoints again.
-
-    torch >= 2.6 loads with ``weights_only=True``, which refuses the
-    checkpoints mmengine 0.10 writes (they hold the message hub and numpy
-    state, not only tensors), so ``--resume``, ``load_from`` and
-    ``init_cfg=dict(type='Pretrained')`` would all fail. The tools load the
-    user's own checkpoints (or OpenMMLab's), so load them as torch < 2.6 did.
-    Set ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=0`` to keep torch's default.
-    """
-    import torch
-    from mmengine.utils import digit_version
-    if digit_version(torch.__version__) >= digit_version('2.6.0'):
-        os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
-        warnings.filterwarnings(
-            'ignore', message='Environment variable '
-            'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected')
 
 
 def setup_distributed_without_cuda(cfg):
@@ -78,12 +58,25 @@ def _replace_type(node, old, new):
             _replace_type(value, old, new)
 
 
-def build_runner(cfg, loaders):
-    """The stock runner for ``cfg``, after checking the data roots of
-    ``loaders`` (the dataloaders this run uses)."""
-    check_checkpoints(cfg, init_weights='train_dataloader' in loaders)
+def check_run(cfg, loaders, checkpoints=()):
+    """What a run of ``cfg`` needs before anything is built: the local
+    checkpoints it starts from exist and are data (with ``checkpoints``,
+    e.g. the one to resume or test), the data roots of ``loaders`` (the
+    dataloaders it uses) exist. Raises with a message that says what to
+    do."""
+    from .checkpoints import config_checkpoints
+    init_weights = 'train_dataloader' in loaders
+    check_checkpoints(cfg, init_weights)
+    for path in [p for _, p in config_checkpoints(cfg, init_weights)
+                 ] + [p for p in checkpoints if p]:
+        check_checkpoint_is_data(path)
     check_data_roots(cfg, loaders)
-    trust_checkpoints()
+
+
+def build_runner(cfg, loaders, checkpoints=()):
+    """The stock runner for ``cfg``, after :func:`check_run`."""
+    check_run(cfg, loaders, checkpoints)
+    allow_checkpoint_data()
     setup_distributed_without_cuda(cfg)
 
     from mmengine.registry import RUNNERS
@@ -109,27 +102,33 @@ def close_distributed(finished=True):
         dist.destroy_process_group()
 
 
-def check_checkpoint_fits(model, checkpoint, flag=None):
-    """Raise ValueError unless every weight of ``checkpoint`` fits ``model``
-    and every weight of ``model`` is in it: no missing or unexpected keys,
-    no shape mismatch.
+def check_checkpoint_fits(model, checkpoint, flag=None, source=None):
+    """Raise ValueError unless every weight of ``checkpoint`` (a path, read
+    here as data, or a checkpoint already read) fits ``model`` and every
+    weight of ``model`` is in it: no missing or unexpected keys, no shape
+    mismatch.
 
     mmengine loads ``load_from`` / ``--resume`` with ``strict=False``: a
     checkpoint of another model only logs "size mismatch" lines and the run
-    goes on with a mostly random model. The message names the first keys
-    that do not fit and ``flag``, the option (if any) that accepts a
-    partial load.
+    goes on with a mostly random model. The message names ``source`` (the
+    file), the first keys that do not fit and ``flag``, the option (if any)
+    that accepts a partial load.
     """
     from mmengine.model import is_model_wrapper
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    trust_checkpoints()
     if is_model_wrapper(model):
         model = model.module
-    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if isinstance(checkpoint, str):
+        source = source or checkpoint
+        check_checkpoint_is_data(checkpoint)
+        with checkpoints_as_data():
+            checkpoint = _load_checkpoint(checkpoint, map_location='cpu')
+    source = source or 'the checkpoint'
+    state = (checkpoint.get('state_dict', checkpoint)
+             if isinstance(checkpoint, dict) else None)
     if not isinstance(state, dict):
-        raise ValueError(f'{checkpoint} holds no state dict')
+        raise ValueError(f'{source} holds no state dict')
     # as mmengine's loader: a DDP-wrapped model saved its keys as 'module.*'
     state = {k[len('module.'):] if k.startswith('module.') else k: v
              for k, v in state.items()}
@@ -150,11 +149,47 @@ def check_checkpoint_fits(model, checkpoint, flag=None):
                           + (', ...' if len(keys) > 3 else '')
                           for n, keys in problems)
         raise ValueError(
-            f'{checkpoint} does not fit the model of this config '
+            f'{source} does not fit the model of this config '
             f'({type(model).__name__}):\n{lines}\n'
             'Is it a checkpoint of another config (another depth or model)?'
             + (f' To load the weights that fit and leave the rest as '
                f'initialised, pass {flag}.' if flag else ''))
+
+
+def check_fit_when_loaded(runner, source, flag, unwrap=lambda m: m):
+    """Have ``runner`` check that the checkpoint it loads (``load_from``,
+    resume) fits ``unwrap(model)`` (:func:`check_checkpoint_fits`) when it
+    has read it and before it loads it: the file is read once."""
+    from mmengine.hooks import Hook
+    from mmengine.model import is_model_wrapper
+
+    class CheckpointFits(Hook):
+
+        def after_load_checkpoint(self, runner, checkpoint):
+            model = runner.model
+            if is_model_wrapper(model):
+                model = model.module
+            check_checkpoint_fits(unwrap(model), checkpoint, flag, source)
+
+    # before any other hook edits the checkpoint (EMA's swaps weights)
+    runner.register_hook(CheckpointFits(), priority='VERY_HIGH')
+
+
+def load_checkpoint_into(model, checkpoint):
+    """Read ``checkpoint`` (a path or a URL) once, as data, check that it
+    fits ``model`` exactly and load it; returns the checkpoint (its
+    ``meta`` too)."""
+    from mmengine.runner.checkpoint import (_load_checkpoint,
+                                            _load_checkpoint_to_model)
+
+    if '://' not in checkpoint and not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
+    check_checkpoint_is_data(checkpoint)
+    with checkpoints_as_data():
+        ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    check_checkpoint_fits(model, ckpt, source=checkpoint)
+    _load_checkpoint_to_model(model, ckpt, strict=True)
+    return ckpt
 
 
 def build_model(config, checkpoint=None, cfg_options=(), init_weights=False):
@@ -162,32 +197,27 @@ def build_model(config, checkpoint=None, cfg_options=(), init_weights=False):
     one model builder of every tool. Returns ``(model, cfg)``.
 
     Args:
-        checkpoint: weights to load (a path or a URL), which must fit the
-            model exactly (:func:`check_checkpoint_fits`).
+        checkpoint: weights to load (a path or a URL), read as data, which
+            must fit the model exactly (:func:`load_checkpoint_into`).
         init_weights: without a checkpoint, run ``model.init_weights()``
             (the config's ``init_cfg``: random init or the weights it
             names); otherwise the model stays as constructed.
     """
     from mmengine.logging import MMLogger
     from mmengine.registry import MODELS, init_default_scope
-    from mmengine.runner import load_checkpoint
 
     cfg = load_config(config, cfg_options)
     init_default_scope(cfg.default_scope)
     model = MODELS.build(cfg.model)
     if checkpoint:
-        if '://' not in checkpoint and not osp.isfile(checkpoint):
-            raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
-        if '://' not in checkpoint:
-            check_checkpoint_fits(model, checkpoint)
-        trust_checkpoints()
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+        load_checkpoint_into(model, checkpoint)
     elif init_weights:
         logger = MMLogger.get_current_instance()
         level = logger.level
         logger.setLevel('WARNING')  # init_weights logs every parameter
         try:
-            model.init_weights()
+            with checkpoints_as_data():
+                model.init_weights()
         except FileNotFoundError as e:
             raise FileNotFoundError(
                 f"{e} (the config's init_cfg; for a random init drop it, "

@@ -24,7 +24,7 @@ def train_val_indices(num_samples, val_ratio=0.1, seed=0):
     return np.sort(perm[num_val:]).tolist(), np.sort(perm[:num_val]).tolist()
 
 
-# Registered in mmengine's root registry (like the MoD backbones), so that any
+# Registered in mmengine's root registry, so that any
 # OpenMMLab config finds it. A function, not a wrapper class: it returns the
 # stock dataset itself, cut down with BaseDataset's own subset mechanism, so
 # metainfo, pipeline and repr stay the stock ones.

@@ -6,7 +6,7 @@ import os.path as osp
 import tempfile
 
 from mmmod.apis import build_model, test, train
-from mmmod.utils.benchmark import cpu_name
+from mmmod.utils.timing import cpu_name
 
 CONFIG_DIR = osp.join(
     osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs',
@@ -14,7 +14,12 @@ CONFIG_DIR = osp.join(
 
 
 class DemoError(Exception):
-    """A problem with the user's options (the tool prints it and exits 2)."""
+    """A problem with the user's options (the tool prints it and exits 2);
+    ``parameter`` names the argument of :func:`run_demo` at fault."""
+
+    def __init__(self, parameter, message):
+        super().__init__(message)
+        self.parameter = parameter
 
 
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -26,33 +31,37 @@ MODELS = {
 INPUT_SHAPE = (3, 32, 32)
 
 
-def run_demo(args):
-    """Everything ``tools/demo.py`` does, for its parsed ``args``
-    (``work_dir``, ``data_root``, ``epochs``, ``quick``)."""
+def run_demo(work_dir='work_dirs/demo', data_root='data/digits',
+             epochs=None, quick=False):
+    """Everything ``tools/demo.py`` does: export the digits to
+    ``data_root``, train and test both models for ``epochs`` (the configs'
+    when None; ``quick``: one epoch on 64 images, fewer timing rounds), time
+    them and write the comparison to ``work_dir``."""
     from .digits import export_digits
-    print(f'== data: scikit-learn digits -> {args.data_root}', flush=True)
+    print(f'== data: scikit-learn digits -> {data_root}', flush=True)
     try:
-        meta, reused = export_digits(args.data_root)
+        meta, reused = export_digits(data_root)
     except OSError as e:
-        raise DemoError(f'cannot export the digits to --data-root {args.data_root!r}: '
-              f'{e.strerror or e}')
+        raise DemoError('data_root', f'cannot export the digits to '
+                        f'{data_root!r}: {e.strerror or e}')
     done = ('reusing the digits exported earlier in'
             if reused else 'exported the digits to')
-    print(f"{done} {args.data_root} ({_sizes(meta)} images, "
+    print(f"{done} {data_root} ({_sizes(meta)} images, "
           f"{meta['size']}x{meta['size']}, split seed {meta['seed']})",
           flush=True)
     # Fail before any training if the results cannot be written.
     try:
-        _check_writable(args.work_dir)
+        _check_writable(work_dir)
     except OSError as e:
-        raise DemoError(f'cannot write the work dir --work-dir {args.work_dir!r}: '
-              f'{e.strerror or e}')
+        raise DemoError('work_dir', f'cannot write the work dir {work_dir!r}: '
+                        f'{e.strerror or e}')
 
     results, models = {}, {}
     for i, (name, config) in enumerate(MODELS.items(), 1):
         print(f'\n== [{i}/{len(MODELS)}] {name}: train and test '
               f'{osp.relpath(osp.join(CONFIG_DIR, config))}', flush=True)
-        models[name], top1, cfg = train_and_test(config, args)
+        models[name], top1, cfg = train_and_test(config, work_dir, data_root,
+                                                 epochs, quick)
         results[name] = dict(top1=top1, config=config)
     epochs = cfg.train_cfg.max_epochs
 
@@ -60,7 +69,7 @@ def run_demo(args):
                              spread_warning)
     print(f'\n== latency at batch 1 on the CPU ({_cpu()}), models run in '
           'turn, medians', flush=True)
-    warmup, repeats = (2, 5) if args.quick else (10, 100)
+    warmup, repeats = (2, 5) if quick else (10, 100)
     latency = measure_latency(
         models, INPUT_SHAPE, batch_size=1, warmup=warmup, repeats=repeats)
     for name, model in models.items():
@@ -69,22 +78,22 @@ def run_demo(args):
             macs=count_macs(model, INPUT_SHAPE),
             latency=latency[name])
 
-    write_report(results, args, meta, epochs, repeats,
+    write_report(results, work_dir, meta, epochs, repeats,
                  spread_warning(latency))
 
 
-def train_and_test(config, args):
+def train_and_test(config, work_dir, data_root, epochs=None, quick=False):
     """Train ``config`` with the stock runner, test its best-on-val
     checkpoint. Returns that model, its test top-1 and the config."""
     path = osp.join(CONFIG_DIR, config)
-    work_dir = osp.join(args.work_dir, osp.splitext(config)[0])
-    options = [f'{loader}.dataset.data_root={args.data_root}'
+    work_dir = osp.join(work_dir, osp.splitext(config)[0])
+    options = [f'{loader}.dataset.data_root={data_root}'
                for loader in LOADERS]
-    if args.quick:
+    if quick:
         options += ['train_cfg.max_epochs=1',
                     'train_dataloader.dataset.indices=64']
-    if args.epochs:
-        options.append(f'train_cfg.max_epochs={args.epochs}')
+    if epochs:
+        options.append(f'train_cfg.max_epochs={epochs}')
     runner = train(path, work_dir, cfg_options=options)
     best = runner.message_hub.get_info('best_ckpt')
     metrics = test(path, best, work_dir, cfg_options=options)
@@ -92,8 +101,8 @@ def train_and_test(config, args):
     return model, metrics['accuracy/top1'], cfg
 
 
-def write_report(results, args, meta, epochs, repeats, warning=None):
-    """The table, setup and figure, to stdout and ``args.work_dir``;
+def write_report(results, work_dir, meta, epochs, repeats, warning=None):
+    """The table, setup and figure, to stdout and ``work_dir``;
     ``warning`` (unsteady timings, see :func:`spread_warning`) stands first
     in both."""
     from mmmod.utils import format_table
@@ -114,8 +123,8 @@ def write_report(results, args, meta, epochs, repeats, warning=None):
         f"ratio, {base['macs'] / mod['macs']:.2f}x, is the ideal speed-up.")
     if warning:
         setup = f'**{warning}**\n\n{setup}'
-    md = osp.join(args.work_dir, 'results.md')
-    png = osp.join(args.work_dir, 'results.png')
+    md = osp.join(work_dir, 'results.md')
+    png = osp.join(work_dir, 'results.png')
     plot_accuracy_latency(results, png, f'ResNet18 vs ResNet18-MoD, digits '
                           f"{meta['size']}x{meta['size']}, CPU batch 1")
     with open(md, 'w') as f:

@@ -3,6 +3,7 @@ from .mod_block import (FUSIONS, ChannelSelector, ConvChain, MoDBlock,
                         check_input_channels, fold_conv_bn, is_mod_position,
                         mod_blocks, mod_channels, selector_width,
                         switch_to_deploy)
+from . import onnx_symbolic  # noqa: F401  (torch.onnx.export, dynamo=False)
 from .ops import HAS_EXT, fuse_channels, select_channels
 
 __all__ = [

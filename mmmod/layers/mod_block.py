@@ -1,4 +1,5 @@
-"""The CNN Mixture-of-Depths block (Cakaj et al., ACCV 2024, Fig. 2), in one place.
+"""The CNN Mixture-of-Depths block (Cakaj et al., ACCV 2024, Fig. 2), in one
+place.
 
 ::
 
@@ -8,7 +9,7 @@
           │                   │
           │            Conv-Block on k channels  (stride 1, k -> k)
           │                   │
-          │            × s[top-k]              (gives the selector its gradient)
+          │            × s[top-k]       (gives the selector its gradient)
           │                   │
           └──────────► + onto a fixed set of k channels ──► Y (N, C, H, W)
 

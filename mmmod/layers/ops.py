@@ -16,8 +16,8 @@ The inference form (:meth:`mmmod.layers.MoDBlock.switch_to_deploy`) adds:
 
 ``conv_chain(x, weights, biases, meta, residual, final_act) -> y``
     A Conv-Block with its BN folded, as one call: stride-1 "same" convs in
-    a row (``meta``: six ints per conv, ``pad_h, pad_w, dil_h, dil_w,
-    groups, act``, act 0 none, 1 ReLU, 2 ReLU6), then ``+ x`` if
+    a row, each with a bias (``meta``: six ints per conv, ``pad_h, pad_w,
+    dil_h, dil_w, groups, act``, act 0 none, 1 ReLU, 2 ReLU6), then ``+ x`` if
     ``residual``, then ``final_act``. Not differentiable. The CPU kernel
     computes float32 and float64 directly, other dtypes with ATen's convs.
 
@@ -34,11 +34,18 @@ Each op has, here or in ``csrc/ops.cpp``:
 * a fake implementation, for ``torch.compile`` and ``torch.export``;
 * autograd for the two training ops (their backward in ATen ops), so that
   training runs the same ops;
-* an ONNX translation to standard ops, in :mod:`mmmod.deployment.onnx`.
+* ONNX forms in standard ops: the translations of
+  :mod:`mmmod.deployment.onnx` (``mmmod.deployment.export``), the composite
+  as a decomposition (a plain ``torch.onnx.export``) and a TorchScript
+  symbolic (``torch.onnx.export(dynamo=False)``,
+  :mod:`mmmod.layers.onnx_symbolic`).
 """
+import importlib.util
 import os
+import warnings
 
 import torch
+import torch._decomp
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -50,7 +57,7 @@ _lib.define('select_channels(Tensor x, Tensor w1, Tensor? b1, Tensor w2, '
             'Tensor? b2, int k) -> (Tensor, Tensor, Tensor)', tags=_TAGS)
 _lib.define('fuse_channels(Tensor x, Tensor y, Tensor scores, Tensor idx, '
             'int offset) -> Tensor', tags=_TAGS)
-_lib.define('conv_chain(Tensor x, Tensor[] weights, Tensor?[] biases, '
+_lib.define('conv_chain(Tensor x, Tensor[] weights, Tensor[] biases, '
             'int[] meta, bool residual, int final_act) -> Tensor', tags=_TAGS)
 
 _ext = None
@@ -59,8 +66,15 @@ _ext = None
 if os.environ.get('MMMOD_WITH_EXT', '1') != '0':
     try:  # the CPU kernels (TORCH_LIBRARY_IMPL in csrc/ops.cpp)
         from mmmod import _ext
-    except ImportError:  # never built, or built with MMMOD_WITH_EXT=0
-        pass
+    except ImportError as e:
+        # never built (MMMOD_WITH_EXT=0 at install): nothing to say; built
+        # but not loading (e.g. against another torch): say so, once
+        if importlib.util.find_spec('mmmod._ext') is not None:
+            warnings.warn(
+                f'mmmod._ext is built but does not load ({e}); the MoD ops '
+                'run their pure-PyTorch forms on CPU (slower). Rebuild it '
+                'against this torch: pip install --no-build-isolation -e . '
+                '(or set MMMOD_WITH_EXT=0 to run without it)', stacklevel=2)
 
 #: Whether the CPU kernels of ``mmmod._ext`` serve the ops on CPU.
 HAS_EXT = _ext is not None
@@ -197,6 +211,15 @@ def _conv_chain(x, weights, biases, meta, residual, final_act):
 _lib.impl('select_channels', _select_channels, 'CompositeExplicitAutograd')
 _lib.impl('fuse_channels', _fuse_channels, 'CompositeExplicitAutograd')
 _lib.impl('conv_chain', _conv_chain, 'CompositeExplicitAutograd')
+
+# the composites as decompositions too: a plain torch.onnx.export (the
+# dynamo exporter) decomposes the ops it has no ONNX form for into these
+# ATen ops (mmmod.deployment.export gives it the ops' own ONNX forms)
+for _name, _fn in (('select_channels', _select_channels),
+                   ('fuse_channels', _fuse_channels),
+                   ('conv_chain', _conv_chain)):
+    torch._decomp.register_decomposition(
+        getattr(torch.ops.mmmod, _name).default)(_fn)
 
 
 @torch.library.register_fake('mmmod::select_channels')

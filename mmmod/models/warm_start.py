@@ -37,7 +37,7 @@ from mmengine.registry import WEIGHT_INITIALIZERS
 from mmpretrain.models.backbones.resnet import ResNet
 from torch import Tensor, nn
 
-from mmmod.layers import MoDBlock
+from mmmod.layers import MoDBlock, mod_blocks
 
 _BLOCK = re.compile(r'layer(\d+)\.(\d+)\.')
 # The parameters and statistics a stock ResNet has under these names (the
@@ -170,8 +170,8 @@ def canonical_name(key: str) -> str:
 
 def is_resnet_mod(model: nn.Module) -> bool:
     """A ResNet (``layerS.I`` blocks) with MoD blocks, of any toolbox."""
-    return (any(isinstance(m, MoDBlock) for m in model.modules())
-            and any(_BLOCK.match(k) for k in model.state_dict()))
+    return bool(mod_blocks(model)) and any(
+        _BLOCK.match(k) for k in model.state_dict())
 
 
 def _model_name(model) -> str:
@@ -233,8 +233,8 @@ def map_resnet_to_mod(model: nn.Module, backbone_state: Dict[str, Tensor],
     _check_arch(model, model_state, backbone_state, where)
 
     stock = {canonical_name(k): k for k in backbone_state}
-    mod_blocks = tuple(n + '.' for n, m in model.named_modules()
-                       if isinstance(m, MoDBlock))
+    mod_prefixes = tuple(n + '.' for n, m in model.named_modules()
+                         if isinstance(m, MoDBlock))
     report = WarmStartReport()
     state, missing, used = {}, [], set()
     for key, value in model_state.items():
@@ -249,7 +249,7 @@ def map_resnet_to_mod(model: nn.Module, backbone_state: Dict[str, Tensor],
             state[key] = backbone_state[src]
             used.add(src)
             report.mapped.append(key)
-        elif key.startswith(mod_blocks) or not _STOCK_KEY.fullmatch(key):
+        elif key.startswith(mod_prefixes) or not _STOCK_KEY.fullmatch(key):
             report.new.append(key)
         elif not key.endswith('num_batches_tracked'):  # absent in old files
             missing.append(key)
@@ -280,8 +280,9 @@ class WarmStartFromResNet:
     Everything starts as in a scratch ResNet-MoD (the stock ResNet's default
     init, ``zero_init_residual`` on the MoD blocks' inner blocks), then the
     stem, the standard blocks and the shortcuts load the stock weights (and
-    the MoD blocks theirs, from a ResNet-MoD checkpoint). The report (mapped / skipped / new keys) is logged and kept as the
-    backbone's ``warm_start_report``. A checkpoint whose stem or stages do
+    the MoD blocks theirs, from a ResNet-MoD checkpoint). The report
+    (mapped / skipped / new keys) is logged and kept as the backbone's
+    ``warm_start_report``. A checkpoint whose stem or stages do
     not match the backbone's is refused, naming both.
 
     Args:
@@ -315,9 +316,8 @@ class WarmStartFromResNet:
                             f'...), not {type(module).__name__}')
         initialize(module, copy.deepcopy(self.stock_init))
         if getattr(module, 'zero_init_residual', False):
-            for m in module.modules():
-                if isinstance(m, MoDBlock):
-                    _zero_init_residual(m)
+            for m in mod_blocks(module):
+                _zero_init_residual(m)
             # mmpretrain's ResNet.init_weights zero-inits every block after
             # this call, which would wipe the loaded last norms of the
             # standard blocks (mmseg's and mmdet's do it in their default

@@ -1,5 +1,5 @@
-from .benchmark import measure_latency, spread_warning, time_interleaved
-from .complexity import count_macs, count_params
+from .timing import measure_latency, spread_warning, time_interleaved
+from .counting import count_macs, count_params
 from .table import format_table
 
 __all__ = [

@@ -95,6 +95,8 @@ def parse_args(argv=None):
             opset=args.opset,
             profile=args.profile)
         bench.model_names(args.configs)
+    except bench.PlanError as e:  # the field is the option of that name
+        p.error(f'--{e.field.replace("_", "-")}: {e.message}')
     except ValueError as e:
         p.error(str(e))
     return args

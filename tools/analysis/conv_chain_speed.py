@@ -20,7 +20,7 @@ import torch
 
 from mmmod.analysis.benchmark import check_batch_sizes
 from mmmod.utils import format_table, time_interleaved
-from mmmod.utils.benchmark import describe_machine
+from mmmod.utils.timing import describe_machine
 
 
 def parse_args(argv=None):

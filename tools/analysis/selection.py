@@ -22,7 +22,7 @@ import os
 import os.path as osp
 import warnings
 
-from mmmod.apis import build_model
+from mmmod.apis import add_trust_flag, apply_trust_flag, build_model
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -42,7 +42,9 @@ def parse_args(argv=None):
                    help='which image features.png shows (default 0)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V')
+    add_trust_flag(p)
     args = p.parse_args(argv)
+    apply_trust_flag(args)
     if args.num_images < 1:
         p.error(f'--num-images must be >= 1, got {args.num_images}')
     return args
@@ -63,8 +65,12 @@ def main(argv=None):
     model, cfg = build_model(args.config, args.checkpoint, args.cfg_options,
                              init_weights=True)
     model = model.to(args.device).eval()
-    samples, names, bgr = load_samples(cfg, args.images, args.split,
-                                       args.num_images)
+    try:
+        samples, names, bgr = load_samples(cfg, args.images, args.split,
+                                           args.num_images)
+    except FileNotFoundError as e:
+        where = '--images' if args.images else f'--split {args.split}'
+        raise FileNotFoundError(f'{where}: {e}') from None
     if not 0 <= args.show < len(samples):
         raise ValueError(f'--show {args.show}: there are {len(samples)} '
                          'images')

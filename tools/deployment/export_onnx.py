@@ -21,9 +21,10 @@ import os.path as osp
 import torch
 
 from mmmod.analysis.benchmark import SessionStep, model_names
+from mmmod.apis import add_trust_flag, apply_trust_flag
 from mmmod.deployment import (build_tensor_model, export, max_abs_diff,
                               session)
-from mmmod.utils.benchmark import spread_warning, time_interleaved
+from mmmod.utils.timing import spread_warning, time_interleaved
 
 
 def parse_args(argv=None):
@@ -50,7 +51,9 @@ def parse_args(argv=None):
     p.add_argument('--out-dir', default='work_dirs/onnx',
                    help='where the .onnx files go (default work_dirs/onnx)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V')
+    add_trust_flag(p)
     args = p.parse_args(argv)
+    apply_trust_flag(args)
     if len(args.input_size) not in (1, 2):
         p.error(f'--input-size takes S or H W, got {args.input_size}')
     args.input_size = tuple(args.input_size * (3 - len(args.input_size)))

@@ -14,6 +14,8 @@ import argparse
 import os
 import os.path as osp
 
+from mmmod.apis import add_trust_flag, apply_trust_flag
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -22,6 +24,7 @@ def parse_args(argv=None):
     p.add_argument('dst', help='where to write the converted checkpoint')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V',
                    help='overrides of the config')
+    add_trust_flag(p)
     return p.parse_args(argv)
 
 
@@ -30,18 +33,14 @@ def convert(config, checkpoint, dst, cfg_options=()):
     weights to ``dst``; returns the number of MoD blocks converted."""
     import torch
 
-    from mmmod.apis import build_model
+    from mmmod.apis import build_model, load_checkpoint_into
     from mmmod.layers import mod_blocks, switch_to_deploy
 
     if osp.abspath(dst) == osp.abspath(checkpoint):
         raise ValueError(f'{dst}: write the converted checkpoint to a new '
                          'file, the trained one stays as it is')
-    from mmengine.runner.checkpoint import _load_checkpoint
-
-    from mmmod.apis import trust_checkpoints
-    model, _ = build_model(config, checkpoint, cfg_options)
-    trust_checkpoints()
-    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    model, _ = build_model(config, cfg_options=cfg_options)
+    ckpt = load_checkpoint_into(model, checkpoint)
     meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
     blocks = mod_blocks(model)
     if not blocks:
@@ -62,6 +61,7 @@ def convert(config, checkpoint, dst, cfg_options=()):
 
 def main(argv=None):
     args = parse_args(argv)
+    apply_trust_flag(args)
     n = convert(args.config, args.checkpoint, args.dst, args.cfg_options)
     print(f'{n} MoD blocks in their inference form: {args.dst}\n'
           f'build its model with --cfg-options model.backbone.deploy=True')

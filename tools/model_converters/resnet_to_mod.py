@@ -14,7 +14,8 @@ import argparse
 import json
 import os.path as osp
 
-from mmmod.apis import trust_checkpoints
+from mmmod.apis import (add_trust_flag, apply_trust_flag,
+                        check_checkpoint_is_data, checkpoints_as_data)
 
 
 def parse_args(argv=None):
@@ -37,7 +38,10 @@ def parse_args(argv=None):
                    help='leave the classifier out (e.g. other classes)')
     p.add_argument('--report', help='also write the key report as JSON')
     p.add_argument('--verbose', action='store_true', help='list every key')
-    return p.parse_args(argv)
+    add_trust_flag(p)
+    args = p.parse_args(argv)
+    apply_trust_flag(args)
+    return args
 
 
 def convert(args):
@@ -51,8 +55,9 @@ def convert(args):
 
     if not osp.isfile(args.src):
         raise FileNotFoundError(f'src: no such checkpoint: {args.src}')
-    trust_checkpoints()  # OpenMMLab checkpoints hold more than tensors
-    ckpt = CheckpointLoader.load_checkpoint(args.src, 'cpu')
+    check_checkpoint_is_data(args.src)
+    with checkpoints_as_data():
+        ckpt = CheckpointLoader.load_checkpoint(args.src, 'cpu')
     backbone, head, other = split_stock_checkpoint(ckpt)
     bare = not is_openmmlab(ckpt)
     if bare and not args.torchvision:

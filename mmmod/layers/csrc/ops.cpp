@@ -416,7 +416,7 @@ at::Tensor chain_with_aten(const at::Tensor& x,
 }
 
 at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
-                          at::ArrayRef<c10::optional<at::Tensor>> biases_any,
+                          at::TensorList biases_any,
                           at::IntArrayRef meta, bool residual,
                           int64_t final_act) {
   check_map(x_any, "conv_chain", "x");
@@ -450,12 +450,10 @@ at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
     // in the map's dtype (autocast leaves a custom op's weights as they are)
     weights.push_back(wt.to(x.scalar_type()).contiguous());
     const auto& b = biases_any[l];
-    TORCH_CHECK(!b.has_value() || (b->dim() == 1 && b->size(0) == wt.size(0)),
+    TORCH_CHECK(b.dim() == 1 && b.size(0) == wt.size(0),
                 "mmmod::conv_chain: layer ", l, ": bias must have shape (",
                 wt.size(0), ")");
-    biases.push_back(b.has_value() ? c10::optional<at::Tensor>(
-                                         b->to(x.scalar_type()).contiguous())
-                                   : c10::nullopt);
+    biases.push_back(b.to(x.scalar_type()).contiguous());
     channels = wt.size(0);
   }
   TORCH_CHECK(!residual || channels == x.size(1), "mmmod::conv_chain: the ",

@@ -3,7 +3,7 @@ import importlib.util
 
 from .mobilenet_v2_mod import MobileNetV2MoD
 from .mod_stages import (DEPTHS, FittedGroupNorm, MoDStagesMixin,
-                         StageMoDBlock, mod_arch_settings, mod_resnets)
+                         StageMoDBlock, mod_arch_settings)
 from .resnet_mod import (ResNetMoD, ResNetMoD_CIFAR, ResNetV1cMoD,
                          ResNetV1dMoD, ResNeXtMoD)
 from .vgg_mod import VGGMoD
@@ -16,7 +16,7 @@ for _toolbox in ('mmseg', 'mmdet'):
 
 __all__ = [
     'DEPTHS', 'FittedGroupNorm', 'MoDStagesMixin', 'StageMoDBlock',
-    'mod_arch_settings', 'mod_resnets',
+    'mod_arch_settings',
     'ResNetMoD', 'ResNetV1cMoD', 'ResNetV1dMoD', 'ResNeXtMoD',
     'ResNetMoD_CIFAR', 'MobileNetV2MoD', 'VGGMoD'
 ]

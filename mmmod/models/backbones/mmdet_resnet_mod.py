@@ -4,10 +4,21 @@ mechanism is :mod:`.mod_stages`."""
 from mmdet.models.backbones import ResNet, ResNetV1d, ResNeXt
 from mmdet.registry import MODELS
 
-from .mod_stages import PlanesBlockArgs, mod_resnets
+from .mod_stages import MoDStagesMixin, PlanesBlockArgs, mod_arch_settings
 
 
-class _ResNetV1c(ResNet):
+@MODELS.register_module()
+class ResNetMoD(MoDStagesMixin, ResNet):
+    """mmdet's ResNet with Mixture-of-Depths blocks: every argument and
+    default of mmdet's ``ResNet``, plus ``c``, ``fusion`` and ``deploy``
+    (:class:`~.mod_stages.MoDStagesMixin`)."""
+
+    block_args = PlanesBlockArgs()
+    arch_settings = mod_arch_settings(ResNet)
+
+
+@MODELS.register_module()
+class ResNetV1cMoD(ResNetMoD):
     """mmdet has no ResNetV1c; as mmseg's (and as mmdet's ResNetV1d, less
     its average-pool down-sampling): mmdet's ResNet with the deep stem. So
     ``ResNetV1cMoD`` from an mmdet config is mmdet's ResNet too (4 outputs,
@@ -17,6 +28,16 @@ class _ResNetV1c(ResNet):
         super().__init__(deep_stem=True, avg_down=False, **kwargs)
 
 
-ResNetMoD, ResNetV1cMoD, ResNetV1dMoD, ResNeXtMoD = mod_resnets(
-    MODELS, __name__, PlanesBlockArgs(), ResNetMoD=ResNet,
-    ResNetV1cMoD=_ResNetV1c, ResNetV1dMoD=ResNetV1d, ResNeXtMoD=ResNeXt)
+@MODELS.register_module()
+class ResNetV1dMoD(ResNetMoD, ResNetV1d):
+    """mmdet's ResNetV1d (deep stem, average-pool down-sampling) with MoD
+    blocks."""
+
+
+@MODELS.register_module()
+class ResNeXtMoD(ResNetMoD, ResNeXt):
+    """mmdet's ResNeXt with MoD blocks (``groups``, ``base_width`` as
+    there). A MoD Conv-Block has ResNet-MoD's inner width, in
+    ``gcd(groups, width)`` groups."""
+
+    arch_settings = mod_arch_settings(ResNeXt)

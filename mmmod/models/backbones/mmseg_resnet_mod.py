@@ -5,8 +5,34 @@ blocks, registered in mmseg's registry. The mechanism is
 from mmseg.models.backbones import ResNet, ResNetV1c, ResNetV1d, ResNeXt
 from mmseg.registry import MODELS
 
-from .mod_stages import PlanesBlockArgs, mod_resnets
+from .mod_stages import MoDStagesMixin, PlanesBlockArgs, mod_arch_settings
 
-ResNetMoD, ResNetV1cMoD, ResNetV1dMoD, ResNeXtMoD = mod_resnets(
-    MODELS, __name__, PlanesBlockArgs(), ResNetMoD=ResNet,
-    ResNetV1cMoD=ResNetV1c, ResNetV1dMoD=ResNetV1d, ResNeXtMoD=ResNeXt)
+
+@MODELS.register_module()
+class ResNetMoD(MoDStagesMixin, ResNet):
+    """mmseg's ResNet with Mixture-of-Depths blocks: every argument and
+    default of mmseg's ``ResNet``, plus ``c``, ``fusion`` and ``deploy``
+    (:class:`~.mod_stages.MoDStagesMixin`)."""
+
+    block_args = PlanesBlockArgs()
+    arch_settings = mod_arch_settings(ResNet)
+
+
+@MODELS.register_module()
+class ResNetV1cMoD(ResNetMoD, ResNetV1c):
+    """mmseg's ResNetV1c (deep stem) with MoD blocks."""
+
+
+@MODELS.register_module()
+class ResNetV1dMoD(ResNetMoD, ResNetV1d):
+    """mmseg's ResNetV1d (deep stem, average-pool down-sampling) with MoD
+    blocks."""
+
+
+@MODELS.register_module()
+class ResNeXtMoD(ResNetMoD, ResNeXt):
+    """mmseg's ResNeXt with MoD blocks (``groups``, ``base_width`` as
+    there). A MoD Conv-Block has ResNet-MoD's inner width, in
+    ``gcd(groups, width)`` groups."""
+
+    arch_settings = mod_arch_settings(ResNeXt)

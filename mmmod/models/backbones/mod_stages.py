@@ -196,8 +196,9 @@ class _MoDStageBlocks:
 class MoDStagesMixin:
     """Makes a stock ResNet class a ResNet-MoD: put it first in the bases,
     ``class ResNetMoD(MoDStagesMixin, ResNet)``, and set :attr:`block_args`
-    and ``arch_settings = mod_arch_settings(ResNet)``
-    (:func:`mod_resnets` does it for a whole toolbox).
+    and ``arch_settings = mod_arch_settings(ResNet)`` (one such class per
+    toolbox: :mod:`.resnet_mod`, :mod:`.mmdet_resnet_mod`,
+    :mod:`.mmseg_resnet_mod`).
 
     Takes every argument of the stock class, plus:
 
@@ -236,27 +237,3 @@ class MoDStagesMixin:
     def forward(self, x):
         check_input_channels(x, self.in_channels, type(self).__name__)
         return super().forward(x)
-
-
-def mod_resnets(registry, module: str, block_args: BlockArgs,
-                **stocks: type) -> Tuple[type, ...]:
-    """The MoD twins of a toolbox's ResNet classes, registered in its
-    ``registry`` under the given names, in order: ``ResNetMoD, ResNeXtMoD =
-    mod_resnets(MODELS, __name__, PlanesBlockArgs(), ResNetMoD=ResNet,
-    ResNeXtMoD=ResNeXt)``. The first is
-    ``(MoDStagesMixin, stock)``, the others ``(first, stock)``, so that
-    ``isinstance(m, first)`` holds for all; ``module`` is where they are
-    exported (for pickling)."""
-    classes = {}
-    for name, stock in stocks.items():
-        bases = (next(iter(classes.values()), MoDStagesMixin), stock)
-        toolbox = stock.__module__.split('.')[0]
-        doc = (f"{toolbox}'s ``{stock.__name__}`` with Mixture-of-Depths "
-               'blocks: every argument and default of the stock class, plus '
-               '``c`` and ``fusion`` (:class:`MoDStagesMixin`).')
-        classes[name] = registry.register_module(module=type(
-            name, bases,
-            dict(__module__=module, __qualname__=name, __doc__=doc,
-                 block_args=block_args,
-                 arch_settings=mod_arch_settings(stock))))
-    return tuple(classes.values())

@@ -1,26 +1,15 @@
 """ResNet-MoD in mmpretrain: mmpretrain's own ResNet classes with every odd
 block of a stage a MoD block (supplement Table 5), registered in mmpretrain's
 registry. mmseg's and mmdet's are in :mod:`.mmseg_resnet_mod` and
-:mod:`.mmdet_resnet_mod` (made by :func:`.mod_stages.mod_resnets`); the
-mechanism is :mod:`.mod_stages`."""
+:mod:`.mmdet_resnet_mod`; the mechanism is :mod:`.mod_stages`."""
 from mmpretrain.models.backbones import (ResNet, ResNet_CIFAR, ResNetV1c,
                                          ResNetV1d, ResNeXt)
-from mmengine.registry import MODELS as ROOT_MODELS
 from mmpretrain.registry import MODELS
 
 from .mod_stages import MoDStagesMixin, mod_arch_settings
 
 
-def register(cls):
-    """In mmpretrain's registry, and in mmengine's root one as before, for
-    code that builds without a scope (``tools/model_converters/
-    resnet_to_mod.py``). mmseg's and mmdet's registries find their own
-    classes first."""
-    ROOT_MODELS.register_module(module=cls)
-    return MODELS.register_module(module=cls)
-
-
-@register
+@MODELS.register_module()
 class ResNetMoD(MoDStagesMixin, ResNet):
     """mmpretrain's ResNet with Mixture-of-Depths blocks.
 
@@ -48,22 +37,22 @@ class ResNetMoD(MoDStagesMixin, ResNet):
         super().__init__(depth, **kwargs)
 
 
-@register
+@MODELS.register_module()
 class ResNetV1cMoD(ResNetMoD, ResNetV1c):
     """ResNetMoD with the V1c deep stem (three 3x3 convs)."""
 
 
-@register
+@MODELS.register_module()
 class ResNetV1dMoD(ResNetMoD, ResNetV1d):
     """ResNetMoD with the V1d deep stem and average-pool down-sampling."""
 
 
-@register
+@MODELS.register_module()
 class ResNetMoD_CIFAR(ResNetMoD, ResNet_CIFAR):
     """ResNetMoD with the CIFAR stem: 3x3 conv, stride 1, no max-pool."""
 
 
-@register
+@MODELS.register_module()
 class ResNeXtMoD(ResNetMoD, ResNeXt):
     """mmpretrain's ResNeXt with MoD blocks (``groups``, ``width_per_group``
     as there). A MoD Conv-Block has ResNet-MoD's inner width, in

@@ -114,12 +114,6 @@ def _replace_mod_blocks(model, make):
     return model
 
 
-def has_mod_blocks(model: nn.Module) -> bool:
-    from mmmod.layers import mod_blocks
-
-    return bool(mod_blocks(model))
-
-
 def _prepare(models, input_shape, batch_size, channels_last, device):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for model in models.values():

@@ -2,8 +2,9 @@
 ``tools/train.py`` and ``tools/test.py`` run)."""
 import os.path as osp
 
+from .checkpoints import checkpoints_as_data
 from .config import load_config
-from .runner import build_runner, check_checkpoint_fits
+from .runner import build_runner, check_fit_when_loaded, check_run
 
 
 def train(config,
@@ -13,7 +14,8 @@ def train(config,
           auto_scale_lr=False,
           cfg_options=(),
           launcher='none',
-          partial_load=False):
+          partial_load=False,
+          preflight=False):
     """Train ``config``; returns the runner after training.
 
     Args:
@@ -21,7 +23,11 @@ def train(config,
             checkpoint in the work dir, or None.
         partial_load: accept a ``--resume`` / ``load_from`` checkpoint whose
             weights do not all fit the model (refused by default, see
-            :func:`~mmmod.apis.check_checkpoint_fits`).
+            :func:`~mmmod.apis.check_checkpoint_fits`, when the runner has read
+            the file).
+        preflight: only check what the run needs (:func:`check_run`) and
+            return None: what ``tools/dist_train.sh`` does once before it
+            starts its processes.
     """
     cfg = load_config(config, cfg_options, launcher, work_dir)
     if amp:
@@ -46,14 +52,17 @@ def train(config,
     loaders = ['train_dataloader']
     if cfg.get('val_cfg') is not None:
         loaders.append('val_dataloader')
-    runner = build_runner(cfg, loaders)
     checkpoint = cfg.get('load_from')
     if resume == 'auto':
         from mmengine.runner import find_latest_checkpoint
         checkpoint = find_latest_checkpoint(cfg.work_dir)
+    if preflight:
+        return check_run(cfg, loaders, [checkpoint])
+    runner = build_runner(cfg, loaders, [checkpoint])
     if checkpoint and not partial_load:
-        check_checkpoint_fits(runner.model, checkpoint, '--partial-load')
-    runner.train()
+        check_fit_when_loaded(runner, checkpoint, '--partial-load')
+    with checkpoints_as_data():
+        runner.train()
     return runner
 
 
@@ -64,9 +73,11 @@ def test(config,
          tta=False,
          cfg_options=(),
          launcher='none',
-         partial_load=False):
+         partial_load=False,
+         preflight=False):
     """Test ``checkpoint`` on ``config``'s test set; returns the metrics, e.g.
-    ``{'accuracy/top1': 76.2, ...}``.
+    ``{'accuracy/top1': 76.2, ...}`` (with ``preflight``, only the checks, as
+    :func:`train`'s).
 
     A checkpoint whose weights do not fit the model (another depth, another
     model) is refused, naming the first keys that do not fit, unless
@@ -88,13 +99,37 @@ def test(config,
             cfg.test_evaluator, (list, tuple)) else [cfg.test_evaluator]
         cfg.test_evaluator.append(dict(type='DumpResults', out_file_path=out))
 
-    runner = build_runner(cfg, ['test_dataloader'])
+    if preflight:
+        return check_run(cfg, ['test_dataloader'], [checkpoint])
+    runner = build_runner(cfg, ['test_dataloader'], [checkpoint])
     if not partial_load:
-        from mmengine.model import is_model_wrapper
-        model = runner.model
-        if is_model_wrapper(model):  # DDP, with --launcher
-            model = model.module
-        if tta:  # the TTA wrapper holds the model as ``module``
-            model = model.module
-        check_checkpoint_fits(model, checkpoint, '--partial-load')
-    return runner.test()
+        # the TTA wrapper holds the model as ``module``
+        check_fit_when_loaded(runner, checkpoint, '--partial-load',
+                              (lambda m: m.module) if tta else (lambda m: m))
+    with checkpoints_as_data():
+        return runner.test()
+
+
+def run_tool(main, preflight=False):
+    """``main()`` of tools/train.py or tools/test.py, the process group torn
+    down after it. With ``preflight`` (their ``--preflight``, which
+    ``tools/dist_train.sh`` / ``dist_test.sh`` run once before they start
+    their processes) a failed check prints its message alone, without a
+    traceback, and exits 1."""
+    import sys
+
+    from .checkpoints import CheckpointNotDataError
+    from .runner import close_distributed
+    try:
+        main()
+    except (FileNotFoundError, KeyError, ValueError,
+            CheckpointNotDataError) as e:
+        if not preflight:
+            close_distributed(finished=False)
+            raise
+        print(f'error: {e.args[0] if e.args else e}', file=sys.stderr)
+        sys.exit(1)
+    except BaseException:
+        close_distributed(finished=False)
+        raise
+    close_distributed()

@@ -1,4 +1,5 @@
-"""Parameters and multiply-accumulates, counted the way the paper's tables do."""
+"""Parameters and multiply-accumulates, counted the way the paper's tables
+do."""
 import torch
 import torch.nn as nn
 

@@ -1,0 +1,83 @@
+"""ONNX forms of the MoD ops for the TorchScript exporter
+(``torch.onnx.export(..., dynamo=False)``, what mmdeploy and many scripts
+call), registered when :mod:`mmmod.layers` is imported, as torchvision
+registers its ops'. The same standard ops as the dynamo exporter's
+translations (:mod:`mmmod.deployment.onnx`); ScatterElements with a
+reduction needs opset 16 or newer.
+"""
+import torch
+from torch.onnx import symbolic_helper as sh
+
+from .ops import CHAIN_META
+
+OPSET = 16
+
+
+def _ints(g, values):
+    return g.op('Constant', value_t=torch.tensor(values, dtype=torch.long))
+
+
+def _linear(g, x, weight, bias):
+    y = g.op('MatMul', x, g.op('Transpose', weight, perm_i=[1, 0]))
+    return y if sh._is_none(bias) else g.op('Add', y, bias)
+
+
+def _expand_index(g, idx, x, k):
+    """(N, k) indices -> (N, k, H, W), for GatherElements/ScatterElements."""
+    shape = g.op('Shape', x)
+    size = g.op('Concat', sh._slice_helper(g, shape, [0], [0], [1]),
+                _ints(g, [k]), sh._slice_helper(g, shape, [0], [2], [4]),
+                axis_i=0)
+    return g.op('Expand', g.op('Unsqueeze', idx, _ints(g, [2, 3])), size)
+
+
+@sh.parse_args('v', 'v', 'v', 'v', 'v', 'i')
+def select_channels(g, x, w1, b1, w2, b2, k):
+    mean = g.op('Flatten', g.op('GlobalAveragePool', x), axis_i=1)
+    logits = _linear(g, g.op('Relu', _linear(g, mean, w1, b1)), w2, b2)
+    top, idx = g.op('TopK', logits, _ints(g, [k]), axis_i=1, outputs=2)
+    x_k = g.op('GatherElements', x, _expand_index(g, idx, x, k), axis_i=1)
+    return x_k, g.op('Sigmoid', top), idx
+
+
+@sh.parse_args('v', 'v', 'v', 'v', 'i')
+def fuse_channels(g, x, y, scores, idx, offset):
+    k = sh._get_tensor_dim_size(y, 1)
+    y = g.op('Mul', y, g.op('Unsqueeze', scores, _ints(g, [2, 3])))
+    if offset >= 0:  # channels offset .. offset + k - 1 of every sample
+        size = g.op('Concat', sh._slice_helper(
+            g, g.op('Shape', x), [0], [0], [1]), _ints(g, [k]), axis_i=0)
+        idx = g.op('Expand', _ints(g, list(range(offset, offset + k))), size)
+    return g.op('ScatterElements', x, _expand_index(g, idx, x, k), y,
+                axis_i=1, reduction_s='add')
+
+
+def _activate(g, y, act):
+    if act == 1:
+        return g.op('Relu', y)
+    if act == 2:
+        return g.op('Clip', y, g.op('Constant', value_t=torch.tensor(0.0)),
+                    g.op('Constant', value_t=torch.tensor(6.0)))
+    return y
+
+
+@sh.parse_args('v', 'v', 'v', 'is', 'b', 'i')
+def conv_chain(g, x, weights, biases, meta, residual, final_act):
+    y = x
+    for i, (w, b) in enumerate(zip(sh._unpack_list(weights),
+                                   sh._unpack_list(biases))):
+        pad_h, pad_w, dil_h, dil_w, groups, act = meta[CHAIN_META * i:
+                                                       CHAIN_META * (i + 1)]
+        y = _activate(g, g.op('Conv', y, w, b,
+                              pads_i=[pad_h, pad_w, pad_h, pad_w],
+                              dilations_i=[dil_h, dil_w], group_i=groups,
+                              strides_i=[1, 1]), act)
+    if residual:
+        y = g.op('Add', y, x)
+    return _activate(g, y, final_act)
+
+
+for _name, _fn in (('select_channels', select_channels),
+                   ('fuse_channels', fuse_channels),
+                   ('conv_chain', conv_chain)):
+    torch.onnx.register_custom_op_symbolic(f'mmmod::{_name}', _fn, OPSET)
