@@ -166,8 +166,6 @@ def test_damaged_export_is_redone(tmp_path):
 def test_busy_machine_is_said_in_the_report(tmp_path):
     """Latencies whose quartiles lie far apart (a busy machine) get a
     warning to rerun, in the printed and the written report."""
-    from argparse import Namespace
-
     from mmmod.demo.run import write_report
     from mmmod.utils import spread_warning
     from mmmod.utils.timing import summarise
@@ -181,8 +179,7 @@ def test_busy_machine_is_said_in_the_report(tmp_path):
     warning = spread_warning({n: r['latency'] for n, r in results.items()})
     assert 'ResNet18 (' in warning and 'ResNet18-MoD' not in warning
     meta = dict(size=32, splits=dict(train=1, val=1, test=1))
-    write_report(results, Namespace(work_dir=str(tmp_path)), meta, 1, 5,
-                 warning)
+    write_report(results, str(tmp_path), meta, 1, 5, warning)
     text = (tmp_path / 'results.md').read_text()
     assert 'unsteady timings' in text and 'rerun on a quiet machine' in text
     assert spread_warning({'ResNet18-MoD': quiet}) is None

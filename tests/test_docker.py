@@ -23,9 +23,9 @@ def instructions():
             if line.strip()]
 
 
-def pins():
+def pins(name='versions.sh'):
     """requirements/versions.sh: {'TORCH_VERSION': '2.14.1', ...}."""
-    text = (ROOT / 'requirements' / 'versions.sh').read_text()
+    text = (ROOT / 'requirements' / name).read_text()
     return dict(re.findall(r'^([A-Z_]+_VERSION)=(\S+)$', text, re.M))
 
 
@@ -55,7 +55,7 @@ def test_installs_the_repo_with_install_sh_and_no_versions_of_its_own():
 
 def test_install_sh_reads_every_pin_from_versions_sh():
     script = (ROOT / 'tools' / 'install.sh').read_text()
-    assert '. "$here/requirements/versions.sh"' in script
+    assert '. "${MMMOD_VERSIONS:-$here/requirements/versions.sh}"' in script
     assert pins().keys() == {
         'TORCH_VERSION', 'TORCHVISION_VERSION', 'MMENGINE_VERSION',
         'MMCV_VERSION', 'MMPRETRAIN_VERSION', 'MMSEG_VERSION', 'MMDET_VERSION'
@@ -65,6 +65,11 @@ def test_install_sh_reads_every_pin_from_versions_sh():
     assert not re.search(r'(torch|mmcv|mmengine|mmdet|mmpretrain|'
                          r'mmsegmentation)==\d', script)
 
+
+
+def test_the_oldest_stack_pins_the_same_packages():
+    assert pins('versions-oldest.sh').keys() == pins().keys()
+    assert pins('versions-oldest.sh')['TORCH_VERSION'].startswith('2.1.')
 
 def test_base_image_cuda_is_the_pinned_torch_cuda():
     cuda = re.fullmatch(r'nvidia/cuda:(\d+)\.(\d+)\.\d+-(cudnn-)?devel-\S+',

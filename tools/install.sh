@@ -3,6 +3,8 @@
 #
 #   bash tools/install.sh            # CPU machine (mmcv's CPU ops)
 #   FORCE_CUDA=1 bash tools/install.sh   # build mmcv's CUDA ops too (docker/Dockerfile)
+#   MMMOD_VERSIONS=requirements/versions-oldest.sh bash tools/install.sh   # the oldest
+#                                                   # supported stack (torch 2.1)
 #
 # mmcv 2.1 (the newest that mmdet 3.3 / mmseg 1.2 accept) ships on PyPI as source only.
 # Its setup.py hard-codes -std=c++17, but torch >= 2.14 headers need C++20, so we build
@@ -14,7 +16,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python}"
 pip=("$PY" -m pip install --disable-pip-version-check)
 # shellcheck source=/dev/null
-. "$here/requirements/versions.sh"
+. "${MMMOD_VERSIONS:-$here/requirements/versions.sh}"
+if [ -n "${NUMPY_SPEC:-}" ]; then  # held for every step (torch < 2.3: numpy 1)
+  constraints="$(mktemp)"
+  echo "$NUMPY_SPEC" > "$constraints"
+  pip+=(-c "$constraints")
+fi
 cache="${MMMOD_CACHE:-$HOME/.cache/mmmod}"
 
 say() { printf '\n[mmmod install] %s\n' "$*"; }

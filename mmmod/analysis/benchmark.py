@@ -282,8 +282,13 @@ def _time_mode(mode_name, models, plan, warnings, log):
     # if that is exceeded.
     graphs = len(models) * (len(plan.batch_sizes) +
                             len(plan.train_batch_sizes))
-    with torch._dynamo.config.patch(
-            recompile_limit=8 * graphs, fail_on_recompile_limit_hit=True):
+    config = torch._dynamo.config
+    limit = ('recompile_limit' if hasattr(config, 'recompile_limit') else
+             'cache_size_limit')  # (torch < 2.6)
+    options = {limit: 8 * graphs}
+    if hasattr(config, 'fail_on_recompile_limit_hit'):
+        options['fail_on_recompile_limit_hit'] = True
+    with config.patch(**options):
         return _time_mode_in(mode_name, models, plan, warnings, log)
 
 

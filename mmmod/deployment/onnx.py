@@ -9,6 +9,8 @@ Relu, Clip, Add) for ``conv_chain``; and the in-place fusion of the
 inference form, an ``aten::index_add`` once exported, as one
 ScatterElements. ONNX Runtime needs no custom op.
 """
+import inspect
+
 import numpy as np
 import torch
 from onnxscript import opset18 as op
@@ -103,13 +105,23 @@ ONNX_TRANSLATIONS = {
 }
 
 
+#: torch >= 2.6: the dynamo exporter with the translations above; older
+#: torch: the TorchScript exporter with the ops' symbolic functions
+#: (:mod:`mmmod.layers.onnx_symbolic`).
+DYNAMO_EXPORT = 'custom_translation_table' in inspect.signature(
+    torch.onnx.export).parameters
+
+
 def export(model, x, path, opset):
     """Write ``model`` traced on ``x`` to ``path`` (ONNX, static shapes)."""
     with torch.no_grad():
-        torch.onnx.export(
-            model, (x, ), path, opset_version=opset, dynamo=True,
-            external_data=False, verbose=False,
-            custom_translation_table=ONNX_TRANSLATIONS)
+        if DYNAMO_EXPORT:
+            torch.onnx.export(
+                model, (x, ), path, opset_version=opset, dynamo=True,
+                external_data=False, verbose=False,
+                custom_translation_table=ONNX_TRANSLATIONS)
+        else:
+            torch.onnx.export(model, (x, ), path, opset_version=opset)
 
 
 def session(path, threads=None, spinning=True, profile=None):

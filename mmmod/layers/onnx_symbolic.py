@@ -2,15 +2,19 @@
 (``torch.onnx.export(..., dynamo=False)``, what mmdeploy and many scripts
 call), registered when :mod:`mmmod.layers` is imported, as torchvision
 registers its ops'. The same standard ops as the dynamo exporter's
-translations (:mod:`mmmod.deployment.onnx`); ScatterElements with a
-reduction needs opset 16 or newer.
+translations (:mod:`mmmod.deployment.onnx`). The fusion is a
+ScatterElements with reduction ``add`` from opset 16 (the TorchScript
+exporter's default opset in torch < 2.5 is older: there it scatters into
+zeros and adds, an extra pass over the map).
 """
 import torch
 from torch.onnx import symbolic_helper as sh
 
 from .ops import CHAIN_META
 
-OPSET = 16
+#: the oldest opset of these forms (TopK with k as an input, Unsqueeze's
+#: axes as an attribute until 13 are handled by the helpers)
+OPSET = 11
 
 
 def _ints(g, values):
@@ -28,7 +32,7 @@ def _expand_index(g, idx, x, k):
     size = g.op('Concat', sh._slice_helper(g, shape, [0], [0], [1]),
                 _ints(g, [k]), sh._slice_helper(g, shape, [0], [2], [4]),
                 axis_i=0)
-    return g.op('Expand', g.op('Unsqueeze', idx, _ints(g, [2, 3])), size)
+    return g.op('Expand', sh._unsqueeze_helper(g, idx, [2, 3]), size)
 
 
 @sh.parse_args('v', 'v', 'v', 'v', 'v', 'i')
@@ -43,13 +47,18 @@ def select_channels(g, x, w1, b1, w2, b2, k):
 @sh.parse_args('v', 'v', 'v', 'v', 'i')
 def fuse_channels(g, x, y, scores, idx, offset):
     k = sh._get_tensor_dim_size(y, 1)
-    y = g.op('Mul', y, g.op('Unsqueeze', scores, _ints(g, [2, 3])))
+    y = g.op('Mul', y, sh._unsqueeze_helper(g, scores, [2, 3]))
     if offset >= 0:  # channels offset .. offset + k - 1 of every sample
         size = g.op('Concat', sh._slice_helper(
             g, g.op('Shape', x), [0], [0], [1]), _ints(g, [k]), axis_i=0)
         idx = g.op('Expand', _ints(g, list(range(offset, offset + k))), size)
-    return g.op('ScatterElements', x, _expand_index(g, idx, x, k), y,
-                axis_i=1, reduction_s='add')
+    idx = _expand_index(g, idx, x, k)
+    if g.opset >= 16:
+        return g.op('ScatterElements', x, idx, y, axis_i=1,
+                    reduction_s='add')
+    # the k indices of a sample are distinct (top-k, or a range)
+    zeros = g.op('Mul', x, g.op('Constant', value_t=torch.tensor(0.0)))
+    return g.op('Add', x, g.op('ScatterElements', zeros, idx, y, axis_i=1))
 
 
 def _activate(g, y, act):

@@ -49,16 +49,35 @@ import torch._decomp
 import torch.nn.functional as F
 from torch import Tensor
 
-# flexible_layout: the kernels take NCHW and NHWC maps as they come (and
-# keep the layout), so inductor need not convert its channels-last maps
-_TAGS = (torch.Tag.flexible_layout, torch.Tag.pt2_compliant_tag)
+# What this torch offers, chosen once at import (README: what each torch
+# range gets). flexible_layout: the kernels take NCHW and NHWC maps as they
+# come (and keep the layout), so inductor need not convert its channels-last
+# maps (torch >= 2.4; older inductor keeps its default layout handling).
+_TAGS = tuple(getattr(torch.Tag, t) for t in ('flexible_layout',
+                                               'pt2_compliant_tag')
+              if hasattr(torch.Tag, t))
+#: torch >= 2.4: ``torch.library.register_autograd`` / ``register_fake``;
+#: older torch: an ``autograd.Function`` at the Autograd key and
+#: ``impl_abstract``, the same functions either way.
+MODERN_LIBRARY = hasattr(torch.library, 'register_autograd')
+_register_fake = (torch.library.register_fake if MODERN_LIBRARY else
+                  torch.library.impl_abstract)
 _lib = torch.library.Library('mmmod', 'DEF')
-_lib.define('select_channels(Tensor x, Tensor w1, Tensor? b1, Tensor w2, '
-            'Tensor? b2, int k) -> (Tensor, Tensor, Tensor)', tags=_TAGS)
-_lib.define('fuse_channels(Tensor x, Tensor y, Tensor scores, Tensor idx, '
-            'int offset) -> Tensor', tags=_TAGS)
-_lib.define('conv_chain(Tensor x, Tensor[] weights, Tensor[] biases, '
-            'int[] meta, bool residual, int final_act) -> Tensor', tags=_TAGS)
+
+
+def _define(schema):
+    try:
+        _lib.define(schema, tags=_TAGS)
+    except TypeError:  # torch < 2.2: no tags
+        _lib.define(schema)
+
+
+_define('select_channels(Tensor x, Tensor w1, Tensor? b1, Tensor w2, '
+        'Tensor? b2, int k) -> (Tensor, Tensor, Tensor)')
+_define('fuse_channels(Tensor x, Tensor y, Tensor scores, Tensor idx, '
+        'int offset) -> Tensor')
+_define('conv_chain(Tensor x, Tensor[] weights, Tensor[] biases, '
+        'int[] meta, bool residual, int final_act) -> Tensor')
 
 _ext = None
 # MMMOD_WITH_EXT=0 (as for setup.py): run without the C++ kernels even where
@@ -222,7 +241,7 @@ for _name, _fn in (('select_channels', _select_channels),
         getattr(torch.ops.mmmod, _name).default)(_fn)
 
 
-@torch.library.register_fake('mmmod::select_channels')
+@_register_fake('mmmod::select_channels')
 def _select_channels_fake(x, w1, b1, w2, b2, k):
     _check_select(x, k)
     n, _, h, w = x.shape
@@ -231,14 +250,14 @@ def _select_channels_fake(x, w1, b1, w2, b2, k):
     return x_k, x.new_empty((n, k)), x.new_empty((n, k), dtype=torch.long)
 
 
-@torch.library.register_fake('mmmod::fuse_channels')
+@_register_fake('mmmod::fuse_channels')
 def _fuse_channels_fake(x, y, scores, idx, offset):
     _check_fuse(x, y, scores, idx, offset)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device,
                        memory_format=_layout(x))
 
 
-@torch.library.register_fake('mmmod::conv_chain')
+@_register_fake('mmmod::conv_chain')
 def _conv_chain_fake(x, weights, biases, meta, residual, final_act):
     _check_chain(x, weights, biases, meta)
     n, _, h, w = x.shape
@@ -288,10 +307,31 @@ def _fuse_backward(ctx, g_out):
             (g_target * y).sum((2, 3)), None, None)
 
 
-torch.library.register_autograd(
-    'mmmod::select_channels', _select_backward, setup_context=_select_setup)
-torch.library.register_autograd(
-    'mmmod::fuse_channels', _fuse_backward, setup_context=_fuse_setup)
+def _register_autograd(name, backward, setup_context):
+    if MODERN_LIBRARY:
+        torch.library.register_autograd(f'mmmod::{name}', backward,
+                                        setup_context=setup_context)
+        return
+    op = getattr(torch.ops.mmmod, name).default
+
+    class Function(torch.autograd.Function):
+
+        @staticmethod
+        def forward(ctx, *inputs):
+            with torch._C._AutoDispatchBelowAutograd():
+                output = op(*inputs)
+            setup_context(ctx, inputs, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    _lib.impl(name, Function.apply, 'Autograd')
+
+
+_register_autograd('select_channels', _select_backward, _select_setup)
+_register_autograd('fuse_channels', _fuse_backward, _fuse_setup)
 
 
 def select_channels(x: Tensor, w1: Tensor, b1, w2: Tensor, b2,

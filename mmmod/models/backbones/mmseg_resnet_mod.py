@@ -36,3 +36,4 @@ class ResNeXtMoD(ResNetMoD, ResNeXt):
     ``gcd(groups, width)`` groups."""
 
     arch_settings = mod_arch_settings(ResNeXt)
+    stage_extras = ('groups', 'base_width', 'base_channels')

@@ -1,17 +1,17 @@
 """How a stock ResNet stage becomes a MoD stage, for every toolbox.
 
-The toolbox's own ``make_res_layer`` builds the stage, with every argument the
-toolbox gives it (dcn, plugins, multi-grid dilations, style, with_cp,
-conv_cfg, norm_cfg, drop path, ...). Its block class is handed in through a
-:class:`_MoDStageBlocks`, which builds the blocks at standard positions as
-they are, and at MoD positions (:func:`~mmmod.layers.is_mod_position`) a
-MoD block (:class:`StageMoDBlock`) whose Conv-Block is the same block class,
-called with the same arguments (dilation, drop-path rate and ``init_cfg``
-of that position included), rebuilt for ``k -> k`` channels at stride 1
-without down-sampling.
+The toolbox's own ``make_res_layer`` builds each stage, with every argument
+the toolbox gives it (dcn, plugins, multi-grid dilations, style, with_cp,
+conv_cfg, norm_cfg, drop path, ...); :class:`MoDStagesMixin` keeps those
+arguments and, once the stock ``__init__`` is done, puts at each MoD position
+of each stage (:func:`~mmmod.layers.is_mod_position`) a MoD block
+(:class:`StageMoDBlock`) whose Conv-Block is the same block class, called
+with the arguments the stock stage gave that block (dilation, drop-path rate
+and ``init_cfg`` of that position included), on ``k -> k`` channels.
 
-The toolboxes differ only in how their blocks name the channels
-(:class:`BlockArgs`); the depth table (:data:`DEPTHS`) is shared data.
+The toolboxes differ only in how their stages pass arguments to their
+blocks and how the blocks name the channels (:class:`BlockArgs`); the depth
+table (:data:`DEPTHS`) is shared data.
 
 Rules inside a MoD Conv-Block, where ``k = C // c`` may be as small as 1:
 
@@ -81,10 +81,22 @@ def _fit_norm_cfg(norm_cfg: Optional[dict]) -> Optional[dict]:
 
 
 class BlockArgs:
-    """How a toolbox's ResNet blocks take their channels. mmpretrain:
-    ``in_channels``, ``out_channels`` and ``expansion`` (the inner width is
-    ``out_channels // expansion``); ResNeXt adds ``groups``,
-    ``width_per_group`` and ``base_channels``."""
+    """How a toolbox's ResNet stages call their blocks, and how the blocks
+    take their channels. mmpretrain: ``in_channels``, ``out_channels`` and
+    ``expansion`` (the inner width is ``out_channels // expansion``);
+    ResNeXt adds ``groups``, ``width_per_group`` and ``base_channels``."""
+
+    def args_of(self, stage: dict, index: int) -> dict:
+        """The arguments mmpretrain's ``ResLayer`` gives block ``index`` >= 1
+        of a stage made by ``make_res_layer(**stage)``."""
+        args = {k: v for k, v in stage.items() if k not in (
+            'block', 'num_blocks', 'in_channels', 'stride', 'avg_down',
+            'drop_path_rate')}
+        rate = stage.get('drop_path_rate', 0.0)
+        args.update(in_channels=stage['out_channels'], stride=1,
+                    drop_path_rate=rate[index] if isinstance(
+                        rate, (list, tuple)) else rate)
+        return args
 
     def out_channels(self, block: type, args: dict) -> int:
         return args['out_channels']
@@ -105,6 +117,18 @@ class PlanesBlockArgs(BlockArgs):
     """mmdet and mmseg: ``inplanes`` and ``planes`` (the inner width); the
     output is ``planes * block.expansion``, a class attribute. ResNeXt adds
     ``groups``, ``base_width`` and ``base_channels``."""
+
+    def args_of(self, stage: dict, index: int) -> dict:
+        """The arguments mmdet's / mmseg's ``ResLayer`` gives block
+        ``index`` >= 1 (mmseg's: ``multi_grid[index]`` as its dilation)."""
+        args = {k: v for k, v in stage.items() if k not in (
+            'block', 'num_blocks', 'inplanes', 'stride', 'avg_down',
+            'multi_grid', 'contract_dilation', 'downsample_first')}
+        args.update(inplanes=stage['planes'] * stage['block'].expansion,
+                    stride=1)
+        if stage.get('multi_grid'):
+            args['dilation'] = stage['multi_grid'][index]
+        return args
 
     def out_channels(self, block: type, args: dict) -> int:
         return args['planes'] * block.expansion
@@ -137,62 +161,6 @@ class StageMoDBlock(MoDBlock):
             self.block.init_weights()
 
 
-class _MoDStageBlocks:
-    """Stands in for a stage's block class in the stock ``make_res_layer``:
-    called once per block, in order; at MoD positions it returns a MoD block
-    around the block the stock code asked for, rebuilt on k channels."""
-
-    def __init__(self, backbone: 'MoDStagesMixin', block: type, stage: int):
-        self.backbone = backbone
-        self.block = block
-        self.stage = stage
-        self.index = 0
-
-    def __getattr__(self, name):  # ``expansion``, read by the stock ResLayer
-        return getattr(self.block, name)
-
-    def __call__(self, **args) -> nn.Module:
-        index, self.index = self.index, self.index + 1
-        if not is_mod_position(index):
-            return self.block(**args)
-        block_args = self.backbone.block_args
-        return StageMoDBlock(
-            block_args.out_channels(self.block, args),
-            partial(self.conv_block, args, index),
-            c=self.backbone.c,
-            fusion=self.backbone.fusion,
-            deploy=self.backbone.deploy)
-
-    def conv_block(self, args: dict, index: int, k: int) -> nn.Module:
-        """The block of ``args`` on ``k -> k`` channels, stride 1."""
-        block_args = self.backbone.block_args
-        expansion = block_args.expansion(self.block, args)
-        inner = max(1, k // expansion)
-        where = (f'the MoD Conv-Block of layer{self.stage}[{index}] '
-                 f'({self.block.__name__}, k={k} channels, norm_cfg='
-                 f'{args.get("norm_cfg")}, plugins={args.get("plugins")})')
-        if k % inner:
-            raise ValueError(
-                f'{where}: the inner width {inner} must divide k; choose c so '
-                'that k = channels // c is a power of two')
-        args = dict(args, stride=1, downsample=None,
-                    norm_cfg=_fit_norm_cfg(args.get('norm_cfg')))
-        try:
-            block_args.set_channels(self.block, args, k, inner)
-            conv_block = self.block(**args)
-        except (AssertionError, ValueError, RuntimeError,
-                ZeroDivisionError) as err:
-            raise ValueError(f'{where} cannot be built: '
-                             f'{type(err).__name__}: {err}') from err
-        for name, p in conv_block.named_parameters():
-            if p.numel() == 0:
-                raise ValueError(
-                    f'{where}: {name} has no channels on k={k} (e.g. a '
-                    'plugin whose reduced width rounds to 0); choose a '
-                    'smaller c or leave this stage without the plugin')
-        return conv_block
-
-
 class MoDStagesMixin:
     """Makes a stock ResNet class a ResNet-MoD: put it first in the bases,
     ``class ResNetMoD(MoDStagesMixin, ResNet)``, and set :attr:`block_args`
@@ -214,25 +182,74 @@ class MoDStagesMixin:
     """
 
     block_args: BlockArgs = BlockArgs()
+    #: attributes that the stock class's own ``make_res_layer`` adds to
+    #: every stage's arguments (a ResNeXt's groups and widths)
+    stage_extras: Tuple[str, ...] = ()
 
     def __init__(self, depth: int, c: int = 64, fusion: str = 'first-k',
                  deploy: bool = False, **kwargs):
         if depth not in self.arch_settings:
             raise KeyError(f'{type(self).__name__}: depth={depth!r} is not '
                            f'one of {sorted(self.arch_settings)}')
-        # read by make_res_layer, which the stock __init__ calls
-        self.c = c
-        self.fusion = fusion
-        self.deploy = deploy
+        super().__init__(depth=depth, **kwargs)  # the stock network
+        self.c, self.fusion, self.deploy = c, fusion, deploy
         self.in_channels = kwargs.get('in_channels', 3)
-        super().__init__(depth=depth, **kwargs)
+        for stage, (name, args) in enumerate(
+                zip(self.res_layers, self.__dict__.pop('_stage_args')), 1):
+            layer = getattr(self, name)
+            for index in range(1, len(layer)):  # the first is standard
+                if is_mod_position(index):
+                    layer[index] = self.make_mod_block(args, stage, index)
+        self._freeze_stages()  # (frozen_stages reach the new blocks too)
 
-    def make_res_layer(self, block: type, **kwargs) -> nn.Module:
-        stage = len(self.res_layers) + 1
-        layer = super().make_res_layer(
-            block=_MoDStageBlocks(self, block, stage), **kwargs)
-        layer.block = block  # the stock ResLayers keep their block class
-        return layer
+    def make_res_layer(self, **kwargs) -> nn.Module:
+        """The stock stage; its arguments are kept for :meth:`__init__`,
+        which builds the stage's MoD blocks from them."""
+        self.__dict__.setdefault('_stage_args', []).append(kwargs)
+        return super().make_res_layer(**kwargs)
+
+    def make_mod_block(self, stage: dict, stage_index: int,
+                       index: int) -> StageMoDBlock:
+        """The MoD block at position ``index`` of the stage made by
+        ``make_res_layer(**stage)``: its Conv-Block is the stock block
+        there, rebuilt on k channels (:meth:`make_conv_block`)."""
+        block = stage['block']
+        args = self.block_args.args_of(stage, index)
+        args.update({name: getattr(self, name) for name in self.stage_extras})
+        return StageMoDBlock(
+            self.block_args.out_channels(block, args),
+            partial(self.make_conv_block, block, args,
+                    f'layer{stage_index}[{index}]'),
+            c=self.c, fusion=self.fusion, deploy=self.deploy)
+
+    def make_conv_block(self, block: type, args: dict, where: str,
+                        k: int) -> nn.Module:
+        """``block(**args)`` on ``k -> k`` channels, stride 1."""
+        expansion = self.block_args.expansion(block, args)
+        inner = max(1, k // expansion)
+        where = (f'the MoD Conv-Block of {where} ({block.__name__}, k={k} '
+                 f'channels, norm_cfg={args.get("norm_cfg")}, plugins='
+                 f'{args.get("plugins")})')
+        if k % inner:
+            raise ValueError(
+                f'{where}: the inner width {inner} must divide k; choose c so '
+                'that k = channels // c is a power of two')
+        args = dict(args, stride=1, downsample=None,
+                    norm_cfg=_fit_norm_cfg(args.get('norm_cfg')))
+        try:
+            self.block_args.set_channels(block, args, k, inner)
+            conv_block = block(**args)
+        except (AssertionError, ValueError, RuntimeError,
+                ZeroDivisionError) as err:
+            raise ValueError(f'{where} cannot be built: '
+                             f'{type(err).__name__}: {err}') from err
+        for name, p in conv_block.named_parameters():
+            if p.numel() == 0:
+                raise ValueError(
+                    f'{where}: {name} has no channels on k={k} (e.g. a '
+                    'plugin whose reduced width rounds to 0); choose a '
+                    'smaller c or leave this stage without the plugin')
+        return conv_block
 
     def forward(self, x):
         check_input_channels(x, self.in_channels, type(self).__name__)

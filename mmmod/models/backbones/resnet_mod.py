@@ -59,3 +59,4 @@ class ResNeXtMoD(ResNetMoD, ResNeXt):
     ``gcd(groups, width)`` groups."""
 
     arch_settings = mod_arch_settings(ResNeXt)
+    stage_extras = ('groups', 'width_per_group', 'base_channels')
