@@ -10,6 +10,21 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 import mmmod  # noqa: E402,F401  registers the backbones
 
+#: torch.library.opcheck (torch >= 2.4)
+needs_opcheck = pytest.mark.skipif(
+    not hasattr(torch.library, 'opcheck'),
+    reason=f'torch {torch.__version__} has no torch.library.opcheck')
+
+
+def cpu_supports(dtype):
+    """Whether this torch's CPU kernels do matrix products in ``dtype``
+    (float16 only from torch 2.2)."""
+    try:
+        torch.ones(2, 2, dtype=dtype) @ torch.ones(2, 2, dtype=dtype)
+    except RuntimeError:
+        return False
+    return True
+
 
 def build_classifier(backbone, num_classes, feat_channels, mid_channels=None):
     """An mmpretrain ImageClassifier around ``backbone``: global average

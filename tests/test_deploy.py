@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
+from conftest import cpu_supports, needs_opcheck
+
 from mmmod.layers import (FUSIONS, HAS_EXT, ConvChain, MoDBlock, mod_blocks,
                           ops, switch_to_deploy)
 from mmmod.utils.timing import skip_mod_blocks
@@ -166,6 +168,7 @@ def test_conv_chain_has_its_cpu_kernel():
         'mmmod::conv_chain', 'CPU')
 
 
+@needs_opcheck
 def test_opcheck_of_conv_chain():
     args = chain_case(3, 'contiguous')
     torch.library.opcheck(torch.ops.mmmod.conv_chain.default, args,
@@ -315,6 +318,8 @@ def test_syncbn_folds_and_functional_relu_chains():
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_inference_form_in_low_precision(dtype):
+    if not cpu_supports(dtype):
+        pytest.skip(f'torch {torch.__version__}: no {dtype} matmul on CPU')
     """Half and bfloat16 maps: the kernel runs the chain in ATen ops; each
     block gives the training form's result in that precision (BN folded in
     it; a whole network would also drift in which channels it chooses)."""

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
+from conftest import needs_opcheck
 
 from mmmod.layers import FUSIONS, HAS_EXT, MoDBlock, ops
 
@@ -138,6 +139,7 @@ def test_cpu_kernels_are_registered_with_the_dispatcher():
     assert 'aten::gather' not in called  # the composite gathers
 
 
+@needs_opcheck
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
 def test_opcheck(layout):
     """torch.library.opcheck: schema, fake tensors (shapes and strides),

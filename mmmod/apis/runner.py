@@ -42,9 +42,10 @@ def setup_distributed_without_cuda(cfg):
 
     if not dist.is_initialized():
         timeout = dist_cfg.get('timeout')
-        dist.init_process_group(
-            'gloo',
-            timeout=datetime.timedelta(seconds=timeout) if timeout else None)
+        # (torch < 2.2 takes no timeout=None)
+        dist.init_process_group('gloo', **(
+            dict(timeout=datetime.timedelta(seconds=timeout))
+            if timeout else {}))
 
 
 def _replace_type(node, old, new):

@@ -57,12 +57,20 @@ _TAGS = tuple(getattr(torch.Tag, t) for t in ('flexible_layout',
                                                'pt2_compliant_tag')
               if hasattr(torch.Tag, t))
 #: torch >= 2.4: ``torch.library.register_autograd`` / ``register_fake``;
-#: older torch: an ``autograd.Function`` at the Autograd key and
-#: ``impl_abstract``, the same functions either way.
+#: older torch: an ``autograd.Function`` at the Autograd key and the fake
+#: kernel as the Meta kernel, the same functions either way.
 MODERN_LIBRARY = hasattr(torch.library, 'register_autograd')
-_register_fake = (torch.library.register_fake if MODERN_LIBRARY else
-                  torch.library.impl_abstract)
 _lib = torch.library.Library('mmmod', 'DEF')
+
+
+def _register_fake(qualname):
+    if MODERN_LIBRARY:
+        return torch.library.register_fake(qualname)
+
+    def register(fn):
+        _lib.impl(qualname.split('::')[1], fn, 'Meta')
+        return fn
+    return register
 
 
 def _define(schema):
