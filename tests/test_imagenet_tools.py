@@ -202,7 +202,9 @@ def test_checkpoint_that_runs_code_is_refused(imagenet, tmp_path,
     from fractions import Fraction
 
     from conftest import save_classifier_checkpoint
-    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
+    # --trust-checkpoint below sets it for the process: undone after
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '0')
+    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD')
     marker = tmp_path / 'opened'
     good = tmp_path / 'good.pth'
     state = save_classifier_checkpoint(CONFIG, good)
