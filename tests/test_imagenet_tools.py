@@ -229,6 +229,15 @@ def test_checkpoint_that_runs_code_is_refused(imagenet, tmp_path,
     with pytest.raises(apis.CheckpointNotDataError, match='io.open'):
         with apis.checkpoints_as_data():
             torch.load(evil)
+    # URLs too (here one already in torch.hub's cache: no download)
+    hub = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
+    hub.mkdir(parents=True)
+    (hub / 'evil.pth').write_bytes(evil.read_bytes())
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    from mmengine.runner import CheckpointLoader
+    with pytest.raises(apis.CheckpointNotDataError, match='io.open'):
+        with apis.checkpoints_as_data():
+            CheckpointLoader.load_checkpoint('https://example.invalid/evil.pth')
     # getattr is allowed for HistoryBuffer's statistics alone
     torch.save({'meta': Getattr()}, tmp_path / 'getattr.pth')
     with pytest.raises(apis.CheckpointNotDataError, match='__init__'):
@@ -236,6 +245,24 @@ def test_checkpoint_that_runs_code_is_refused(imagenet, tmp_path,
             torch.load(tmp_path / 'getattr.pth')
     assert not marker.exists()
     assert not glob.glob(str(tmp_path / 'work' / '*.pth'))
+
+    # a checkpoint cannot rewrite the statistics every HistoryBuffer of the
+    # process shares (mmengine's own __setstate__ merges the file's table)
+    from mmengine.logging import HistoryBuffer
+    table = HistoryBuffer._statistics_methods
+    HistoryBuffer([1.0], [1])  # (the class fills its table on first use)
+    saved = dict(table)
+    table['mean'] = HistoryBuffer
+    try:
+        torch.save({'hub': HistoryBuffer([2.0, 4.0], [1, 1])},
+                   tmp_path / 'hub.pth')
+    finally:
+        table.clear()
+        table.update(saved)
+    with apis.checkpoints_as_data():
+        loaded = torch.load(tmp_path / 'hub.pth')['hub']
+    assert table == saved and type(loaded) is HistoryBuffer
+    assert loaded.statistics('mean') == 3.0
 
     odd = tmp_path / 'odd.pth'  # a harmless type that is no data
     torch.save({'state_dict': state, 'meta': {'ratio': Fraction(1, 3)}}, odd)

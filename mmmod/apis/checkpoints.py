@@ -147,7 +147,36 @@ TRUST_FLAG = '--trust-checkpoint'
 
 # HistoryBuffer's statistics, which its pickle fetches with getattr
 _HISTORY_METHODS = ('min', 'max', 'current', 'mean')
+_TRUE = ('1', 'y', 'yes', 'true')  # as torch reads its variables
 _allowed = False
+_history_buffer_data = None
+
+
+def _trusted():
+    return os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD',
+                          '').lower() in _TRUE
+
+
+def _history_buffer():
+    """What a checkpoint's ``HistoryBuffer`` unpickles as: a plain
+    HistoryBuffer, but the checkpoint's table of statistics methods is not
+    merged into the class-wide one that every HistoryBuffer of the process
+    shares (mmengine's ``__setstate__`` does merge it, whatever it holds)."""
+    global _history_buffer_data
+    if _history_buffer_data is None:
+        from mmengine.logging import HistoryBuffer
+
+        class HistoryBufferData(HistoryBuffer):
+
+            def __setstate__(self, state):
+                state = dict(state)
+                state.pop('statistics_methods', None)
+                self.__class__ = HistoryBuffer
+                self._set_default_statistics()
+                self.__dict__.update(state)
+
+        _history_buffer_data = HistoryBufferData
+    return _history_buffer_data
 
 
 class CheckpointNotDataError(pickle.UnpicklingError):
@@ -159,9 +188,8 @@ def _history_getattr(obj, name):
     ``HistoryBuffer`` statistics method (the buffer pickles the methods it
     computes with as ``getattr(HistoryBuffer, 'mean')``)."""
     from mmengine.logging import HistoryBuffer
-    if obj is HistoryBuffer and (name in _HISTORY_METHODS
-                                 or name in HistoryBuffer._statistics_methods):
-        return getattr(obj, name)
+    if obj in (HistoryBuffer, _history_buffer()) and name in _HISTORY_METHODS:
+        return getattr(HistoryBuffer, name)
     raise CheckpointNotDataError(
         f'the checkpoint asks for getattr({obj!r}, {name!r}); only '
         "HistoryBuffer's statistics methods are data")
@@ -175,13 +203,13 @@ def checkpoint_globals() -> list:
     its statistics methods) and numpy's arrays, scalars and dtypes, under
     numpy 1's and numpy 2's module names."""
     import numpy as np
-    from mmengine.logging import HistoryBuffer
     try:
         from numpy._core import multiarray
     except ImportError:  # numpy < 2
         from numpy.core import multiarray
-    entries = [HistoryBuffer, (_history_getattr, 'builtins.getattr'),
-               np.ndarray, np.dtype]
+    entries = [(_history_buffer(),
+                'mmengine.logging.history_buffer.HistoryBuffer'),
+               (_history_getattr, 'builtins.getattr'), np.ndarray, np.dtype]
     for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
         entries += [(multiarray._reconstruct, f'{module}._reconstruct'),
                     (multiarray.scalar, f'{module}.scalar')]
@@ -194,12 +222,24 @@ def checkpoint_globals() -> list:
 def allow_checkpoint_data():
     """Let ``torch.load(weights_only=True)`` read mmengine's checkpoints:
     add :func:`checkpoint_globals` to torch's allowlist (once). Every other
-    type stays refused."""
+    type stays refused. mmengine loads URLs (``http(s)://``,
+    ``torchvision://``, ``open-mmlab://``) through torch.hub, which unpickles
+    anything by default: from here on they load with ``weights_only`` too
+    (unless :func:`trust_checkpoints` was asked)."""
     global _allowed
     import torch
     if _allowed or not hasattr(torch.serialization, 'add_safe_globals'):
         return
     torch.serialization.add_safe_globals(checkpoint_globals())
+    import mmengine.runner.checkpoint as loader
+    url_load = loader.load_url
+
+    def load_url(url, *args, **kwargs):
+        if not _trusted():
+            kwargs['weights_only'] = True
+        return url_load(url, *args, **kwargs)
+
+    loader.load_url = load_url
     _allowed = True
 
 
@@ -228,10 +268,10 @@ def check_checkpoint_is_data(path):
     """Raise :class:`CheckpointNotDataError` naming the types that local
     checkpoint ``path`` holds beyond data (read from its pickle without
     running it); URLs and files in torch's legacy format are checked when
-    loaded. Nothing to check once :func:`trust_checkpoints` was asked."""
+    loaded (:func:`allow_checkpoint_data`). Nothing to check once
+    :func:`trust_checkpoints` was asked."""
     import torch
-    if ('://' in path or not osp.isfile(path)
-            or os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD') == '1'
+    if ('://' in path or not osp.isfile(path) or _trusted()
             or not hasattr(torch.serialization,
                            'get_unsafe_globals_in_checkpoint')):
         return
@@ -263,7 +303,8 @@ def checkpoints_as_data():
         raise
     except pickle.UnpicklingError as e:
         found = (re.search(r'GLOBAL (\S+) was not an allowed global', str(e))
-                 or re.search(r'(getattr\(.*?\))', str(e)))
-        what = found[1] if found else 'a type that is not data'
+                 or re.search(r'(getattr\(.*?\)); only', str(e)))
+        if not found:  # another unpickling problem (a corrupt file, ...)
+            raise
         raise CheckpointNotDataError(
-            not_data_message('a checkpoint of this run', [what])) from None
+            not_data_message('a checkpoint of this run', [found[1]])) from e

@@ -4,8 +4,8 @@ call), registered when :mod:`mmmod.layers` is imported, as torchvision
 registers its ops'. The same standard ops as the dynamo exporter's
 translations (:mod:`mmmod.deployment.onnx`). The fusion is a
 ScatterElements with reduction ``add`` from opset 16 (the TorchScript
-exporter's default opset in torch < 2.5 is older: there it scatters into
-zeros and adds, an extra pass over the map).
+exporter's default opset in torch < 2.5 is older: there it gathers the k
+channels, adds and scatters them back).
 """
 import torch
 from torch.onnx import symbolic_helper as sh
@@ -56,9 +56,11 @@ def fuse_channels(g, x, y, scores, idx, offset):
     if g.opset >= 16:
         return g.op('ScatterElements', x, idx, y, axis_i=1,
                     reduction_s='add')
-    # the k indices of a sample are distinct (top-k, or a range)
-    zeros = g.op('Mul', x, g.op('Constant', value_t=torch.tensor(0.0)))
-    return g.op('Add', x, g.op('ScatterElements', zeros, idx, y, axis_i=1))
+    # the k indices of a sample are distinct (top-k, or a range): add to
+    # the k channels gathered and write them back
+    return g.op('ScatterElements', x, idx,
+                g.op('Add', g.op('GatherElements', x, idx, axis_i=1), y),
+                axis_i=1)
 
 
 def _activate(g, y, act):
