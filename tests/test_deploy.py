@@ -14,8 +14,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from conftest import cpu_supports, needs_opcheck
 
-from mmmod.layers import (FUSIONS, HAS_EXT, ConvChain, MoDBlock, mod_blocks,
-                          ops, switch_to_deploy)
+from mmmod.layers import (FUSIONS, HAS_EXT, ConvChain, MoDBlock,
+                          fold_conv_bn, mod_blocks, ops, switch_to_deploy)
 from mmmod.utils.timing import skip_mod_blocks
 
 CL = torch.channels_last
@@ -39,7 +39,7 @@ def randomise_norms(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.running_mean.uniform_(-0.5, 0.5, generator=g)
                 m.running_var.uniform_(0.5, 2, generator=g)
                 m.weight.uniform_(0.5, 1.5, generator=g)
@@ -314,6 +314,52 @@ def test_syncbn_folds_and_functional_relu_chains():
                                      torch.randn(2, 32, 9, 9))
     assert isinstance(block.block, ConvChain)
     assert block.block.residual and block.block.final_act == 1
+
+
+def test_the_paper_fcn_backbone_deploys_with_mmengines_syncbn():
+    """The FCN recipe builds its norms as mmengine's SyncBatchNorm (a
+    subclass that checks its input in Python): its MoD blocks fold and
+    chain, and the deployed backbone equals the training form."""
+    from mmmod.deployment import build_tensor_model
+    model = randomise_norms(build_tensor_model(
+        'configs/fcn_r50mod_cityscapes.py', backbone=True))
+    norm = model.model.layer1[0].bn1
+    assert type(norm) is not nn.SyncBatchNorm
+    assert isinstance(norm, nn.SyncBatchNorm)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = outputs(model, x)
+        switch_to_deploy(model)
+        got = outputs(model, x)
+    blocks = list(mod_blocks(model))
+    assert blocks and all(isinstance(b.block, ConvChain) for b in blocks)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('config,backbone_only', [
+    ('configs/resnet_mod/resnet18-mod_8xb32_in1k.py', False),
+    ('configs/fcn_r50mod_cityscapes.py', True),
+    ('configs/faster_rcnn/faster-rcnn_r50mod_fpn_1x_voc0712.py', True),
+])
+def test_fold_conv_bn_of_a_whole_model_folds_every_norm(config,
+                                                        backbone_only):
+    """A model that does not trace whole (a backbone's tuple of outputs)
+    folds child by child, the stem included, to the same outputs."""
+    from mmmod.deployment import build_tensor_model
+    model = randomise_norms(build_tensor_model(config,
+                                               backbone=backbone_only))
+    x = torch.randn(1, 3, 64, 64)
+    norms = lambda: [m for m in model.modules()  # noqa: E731
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms()
+    with torch.no_grad():
+        ref = outputs(model, x)
+        fold_conv_bn(model, strict=False)
+        got = outputs(model, x)
+    assert norms() == []
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])

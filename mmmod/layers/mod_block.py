@@ -246,7 +246,7 @@ class MoDBlock(nn.Module):
                 f'fusion={self.fusion!r}, deploy={self.deploy}')
 
 
-def fold_conv_bn(module: nn.Module) -> nn.Module:
+def fold_conv_bn(module: nn.Module, strict: bool = True) -> nn.Module:
     """Folds every ``BatchNorm2d`` (or ``SyncBatchNorm``) that takes the
     output of a ``Conv2d`` (and nothing else does) into that conv, in
     place, and puts ``nn.Identity`` in the BN's place; returns ``module``,
@@ -256,10 +256,19 @@ def fold_conv_bn(module: nn.Module) -> nn.Module:
     its forward, optional arguments at their defaults); a conv or BN module
     called at more than one place is left alone. A module whose forward
     does not trace (control flow on tensor values, e.g. ``with_cp``'s
-    ``x.requires_grad``) is a ValueError: nothing would be folded.
+    ``x.requires_grad``) is a ValueError with ``strict`` (a Conv-Block:
+    nothing would be folded); without it, its children are folded one by
+    one (a whole model: the pairs lie inside its blocks).
     """
     module.eval()
-    graph = _trace(module)
+    try:
+        graph = _trace(module)
+    except ValueError:
+        if strict:
+            raise
+        for child in module.children():
+            fold_conv_bn(child, strict=False)
+        return module
     calls = Counter(n.target for n in graph.nodes if n.op == 'call_module')
     for node in graph.nodes:
         conv_node = node.args[0] if node.args else None
@@ -271,13 +280,32 @@ def fold_conv_bn(module: nn.Module) -> nn.Module:
             continue
         bn = module.get_submodule(node.target)
         conv = module.get_submodule(conv_node.target)
-        # SyncBN (mmseg's recipes) is a BN in eval: its running statistics
-        if (type(bn) in (nn.BatchNorm2d, nn.SyncBatchNorm)
+        # SyncBN (mmseg's recipes; mmengine's subclass of it) is a BN in
+        # eval: its running statistics
+        if (isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm))
+                and type(bn).forward in _BN_FORWARDS
                 and bn.track_running_stats and type(conv) is nn.Conv2d):
             _set_submodule(module, conv_node.target,
                            fuse_conv_bn_eval(conv, bn))
             _set_submodule(module, node.target, nn.Identity())
     return module
+
+
+_BN_FORWARDS = (nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward)
+
+
+class _Tracer(fx.Tracer):
+    """Convs and BNs are leaves whatever their class (mmengine's SyncBN
+    checks its input's dim in Python); input checks are calls, not traced
+    through."""
+
+    def __init__(self):
+        super().__init__(autowrap_functions=(check_input_channels,))
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (isinstance(m, (nn.modules.conv._ConvNd,
+                               nn.modules.batchnorm._BatchNorm))
+                or super().is_leaf_module(m, qualname))
 
 
 def _trace(module: nn.Module) -> fx.Graph:
@@ -287,8 +315,9 @@ def _trace(module: nn.Module) -> fx.Graph:
     defaults = {p.name: p.default for p in params[1:]
                 if p.default is not inspect.Parameter.empty}
     try:
-        return fx.Tracer().trace(module, concrete_args=defaults)
-    except fx.proxy.TraceError as err:
+        return _Tracer().trace(module, concrete_args=defaults)
+    # a forward may raise anything on proxies (type checks of its input...)
+    except (fx.proxy.TraceError, TypeError, AttributeError) as err:
         raise ValueError(
             f'cannot convert {type(module).__name__} for deployment: its '
             f'forward does not trace with torch.fx ({err}); with_cp=True '

@@ -18,7 +18,6 @@ speed-ups; ``--profile N`` adds each MoD model's time per op beside its
 floor's; a last table, each model's fastest mode. The measuring lives in
 :mod:`mmmod.analysis.benchmark`.
 """
-import argparse
 import json
 import os
 import os.path as osp
@@ -26,10 +25,12 @@ import os.path as osp
 import torch
 
 from mmmod.analysis import benchmark as bench
+from mmmod.apis import (add_cfg_options, add_input_size, add_threads,
+                        parse_tool_args, tool_parser)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = tool_parser(__doc__)
     p.add_argument('configs', nargs='+', help='config file paths; the first '
                    'is the baseline')
     p.add_argument('--modes', nargs='+', default=bench.default_modes(),
@@ -42,15 +43,13 @@ def parse_args(argv=None):
                    'steps of the modes that train (eager and compile, on CPU '
                    'and GPU); none: no training (default: the largest '
                    '--batch-sizes)')
-    p.add_argument('--input-size', type=int, nargs='+', default=[224],
-                   help='S (square) or H W (default 224)')
-    p.add_argument('--threads', type=int,
-                   help='CPU threads of PyTorch and ONNX Runtime')
+    add_input_size(p)
+    add_threads(p)
     p.add_argument('--channels-last', action='store_true',
                    help='models and inputs in channels-last memory format')
     p.add_argument('--fuse-conv-bn', action='store_true',
                    help='fold every BN into the conv before it, in every '
-                   'model, the baseline too (mmcv.cnn.fuse_conv_bn)')
+                   'model, the baseline too (mmmod.layers.fold_conv_bn)')
     p.add_argument('--backbone', action='store_true',
                    help="time the configs' backbones alone (needed for "
                    'mmseg and mmdet configs)')
@@ -72,15 +71,8 @@ def parse_args(argv=None):
                    help='ONNX opset of the onnxruntime mode (default 18)')
     p.add_argument('--out', help='write the tables here as Markdown, and the '
                    'raw timings next to it as .json')
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V',
-                   help='overrides for every config')
-    args = p.parse_args(argv)
-    if len(args.input_size) not in (1, 2) or min(args.input_size) < 1:
-        p.error(f'--input-size takes S or H W (positive), got '
-                f'{args.input_size}')
-    args.input_size = tuple(args.input_size * (3 - len(args.input_size)))
-    if args.threads is not None and args.threads < 1:
-        p.error(f'--threads must be >= 1, got {args.threads}')
+    add_cfg_options(p, help='overrides for every config')
+    args = parse_tool_args(p, argv)
     try:
         args.plan = bench.Plan(
             modes=args.modes,
@@ -104,15 +96,15 @@ def parse_args(argv=None):
 
 def build_models(args):
     """``{name: model}`` of the configs, tensor in, tensors out."""
-    from mmcv.cnn import fuse_conv_bn
-
     from mmmod.deployment import build_tensor_model
+    from mmmod.layers import fold_conv_bn
 
     models = {}
     for name, config in zip(bench.model_names(args.configs), args.configs):
         model = build_tensor_model(
             config, cfg_options=args.cfg_options, backbone=args.backbone)
-        models[name] = fuse_conv_bn(model) if args.fuse_conv_bn else model
+        models[name] = (fold_conv_bn(model, strict=False)
+                        if args.fuse_conv_bn else model)
     return models
 
 

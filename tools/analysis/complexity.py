@@ -1,42 +1,37 @@
 """MACs and parameters of configs' models, as in the supplement's Table 7.
 
-    python tools/analysis/complexity.py CONFIG [CONFIG ...] [--shape 224] \
-        [--out table.md]
+    python tools/analysis/complexity.py CONFIG [CONFIG ...] \
+        [--input-size 224] [--out table.md]
 
 One row per config: its name, GMACs of one forward pass of one image of
-``--shape`` (one fused multiply-add is one MAC) and parameters in millions,
-both counted with ``mmmod.utils`` on the config's whole model.
+``--input-size`` (one fused multiply-add is one MAC) and parameters in
+millions, both counted with ``mmmod.utils`` on the config's whole model.
 """
-import argparse
-
 from mmmod.analysis import complexity
+from mmmod.apis import (add_cfg_options, add_input_size, parse_tool_args,
+                        tool_parser)
 from mmmod.utils import format_table
 
 HEADER = ('Model', 'GMACs', 'Params (M)')
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = tool_parser(__doc__)
     p.add_argument('configs', nargs='+', help='config file paths')
-    p.add_argument('--shape', type=int, nargs='+', default=[224],
-                   help='input size: S (square) or H W')
+    add_input_size(p)
     p.add_argument('--out', help='also write the table here, as Markdown')
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V')
-    args = p.parse_args(argv)
-    if len(args.shape) not in (1, 2):
-        p.error(f'--shape takes S or H W, got {args.shape}')
-    args.shape = tuple(args.shape * (3 - len(args.shape)))  # (H, W)
-    return args
+    add_cfg_options(p)
+    return parse_tool_args(p, argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    rows = [complexity(c, args.shape, args.cfg_options)
+    rows = [complexity(c, args.input_size, args.cfg_options)
             for c in args.configs]
     names = [r[0] for r in rows]
     if len(set(names)) < len(names):
         raise ValueError(f'two configs have the same model name: {names}')
-    print('Input shape: 3x{}x{}'.format(*args.shape))
+    print('Input shape: 3x{}x{}'.format(*args.input_size))
     cells = [(n, f'{g:.2f}', f'{p:.2f}') for n, g, p in rows]
     print(format_table(HEADER, cells), end='')
     if args.out:

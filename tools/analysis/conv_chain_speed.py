@@ -11,7 +11,6 @@ it (eager), as inductor compiles it (freezing), and as one
 by side. The ``chosen`` column says whether the inference form uses the
 fused kernel for that block (``ConvChain.MAX_MACS_PER_PIXEL``).
 """
-import argparse
 import copy
 import os
 import os.path as osp
@@ -19,26 +18,26 @@ import os.path as osp
 import torch
 
 from mmmod.analysis.benchmark import check_batch_sizes
+from mmmod.apis import (add_input_size, add_threads, parse_tool_args,
+                        tool_parser)
 from mmmod.utils import format_table, time_interleaved
 from mmmod.utils.timing import describe_machine
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = tool_parser(__doc__)
     p.add_argument('config', help='a MoD config')
     p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
-    p.add_argument('--input-size', type=int, default=224)
-    p.add_argument('--threads', type=int)
+    add_input_size(p)
+    add_threads(p)
     p.add_argument('--warmup', type=int, default=20)
     p.add_argument('--repeats', type=int, default=200)
     p.add_argument('--out', help='also write the table as Markdown')
-    args = p.parse_args(argv)
+    args = parse_tool_args(p, argv)
     try:
         check_batch_sizes(args.batch_sizes)
     except ValueError as e:
         p.error(str(e))
-    if args.threads is not None and args.threads < 1:
-        p.error(f'--threads must be >= 1, got {args.threads}')
     return args
 
 
@@ -52,7 +51,7 @@ def block_inputs(model, input_size):
         for name, m in model.named_modules() if isinstance(m, MoDBlock)
     ]
     with torch.no_grad():
-        model(torch.randn(1, 3, input_size, input_size))
+        model(torch.randn(1, 3, *input_size))
     for h in hooks:
         h.remove()
     return found

@@ -16,16 +16,16 @@ channels it chose for each image. Writes to ``--out-dir``:
 - ``summary.json`` (also printed): how input-dependent each block's choice
   is; ``selections.pth``: every block's indices (N, k) and scores (N, C).
 """
-import argparse
 import json
 import os
 import os.path as osp
 import warnings
 
-from mmmod.apis import add_trust_flag, apply_trust_flag, build_model
+from mmmod.apis import (add_cfg_options, add_trust_flag, build_model,
+                        parse_tool_args, tool_parser)
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = tool_parser(__doc__)
     p.add_argument('config', help='config file path')
     p.add_argument('checkpoint', nargs='?',
                    help='checkpoint (default: random init, with a warning)')
@@ -41,10 +41,9 @@ def parse_args(argv=None):
     p.add_argument('--show', type=int, default=0,
                    help='which image features.png shows (default 0)')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V')
+    add_cfg_options(p)
     add_trust_flag(p)
-    args = p.parse_args(argv)
-    apply_trust_flag(args)
+    args = parse_tool_args(p, argv)
     if args.num_images < 1:
         p.error(f'--num-images must be >= 1, got {args.num_images}')
     return args

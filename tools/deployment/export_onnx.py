@@ -14,21 +14,21 @@ against PyTorch's (``--atol``, default 1e-4; the tool fails above it), then
 the exported models are timed side by side in ONNX Runtime, with the
 ``--baseline`` config's model (exported the same way) for the speed-up.
 """
-import argparse
 import os
 import os.path as osp
 
 import torch
 
 from mmmod.analysis.benchmark import SessionStep, model_names
-from mmmod.apis import add_trust_flag, apply_trust_flag
+from mmmod.apis import (add_cfg_options, add_input_size, add_threads,
+                        add_trust_flag, parse_tool_args, tool_parser)
 from mmmod.deployment import (build_tensor_model, export, max_abs_diff,
                               session)
 from mmmod.utils.timing import spread_warning, time_interleaved
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = tool_parser(__doc__)
     p.add_argument('config', help='config file path')
     p.add_argument('--checkpoint', help='weights to load (default: the '
                    "config's initialisation)")
@@ -36,31 +36,23 @@ def parse_args(argv=None):
                    'alongside for the speed-up (e.g. the stock ResNet)')
     p.add_argument('--backbone', action='store_true',
                    help='export the backbone only')
-    p.add_argument('--input-size', type=int, nargs='+', default=[224],
-                   help='S (square) or H W (default 224)')
+    add_input_size(p)
     p.add_argument('--batch-size', type=int, default=1)
     p.add_argument('--opset', type=int, default=18,
                    help='ONNX opset version (default 18)')
     p.add_argument('--atol', type=float, default=1e-4,
                    help='largest accepted |ONNX Runtime - PyTorch|')
-    p.add_argument('--threads', type=int,
-                   help='CPU threads of PyTorch and ONNX Runtime')
+    add_threads(p)
     p.add_argument('--warmup', type=int, default=10)
     p.add_argument('--repeats', type=int, default=50,
                    help='timed ONNX Runtime rounds; 0 skips timing')
     p.add_argument('--out-dir', default='work_dirs/onnx',
                    help='where the .onnx files go (default work_dirs/onnx)')
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V')
+    add_cfg_options(p)
     add_trust_flag(p)
-    args = p.parse_args(argv)
-    apply_trust_flag(args)
-    if len(args.input_size) not in (1, 2):
-        p.error(f'--input-size takes S or H W, got {args.input_size}')
-    args.input_size = tuple(args.input_size * (3 - len(args.input_size)))
+    args = parse_tool_args(p, argv)
     if args.batch_size < 1:
         p.error('--batch-size must be >= 1')
-    if args.threads is not None and args.threads < 1:
-        p.error('--threads must be >= 1')
     return args
 
 

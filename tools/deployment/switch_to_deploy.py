@@ -10,22 +10,21 @@ included), nothing else of the training state. Build the
 model for it from the same config with ``model.backbone.deploy=True``
 (``--cfg-options`` of the tools); it runs inference only.
 """
-import argparse
 import os
 import os.path as osp
 
-from mmmod.apis import add_trust_flag, apply_trust_flag
+from mmmod.apis import (add_cfg_options, add_trust_flag, parse_tool_args,
+                        tool_parser)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = tool_parser(__doc__)
     p.add_argument('config', help='config file path')
     p.add_argument('checkpoint', help='trained weights of the config\'s model')
     p.add_argument('dst', help='where to write the converted checkpoint')
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V',
-                   help='overrides of the config')
+    add_cfg_options(p, help='overrides of the config')
     add_trust_flag(p)
-    return p.parse_args(argv)
+    return parse_tool_args(p, argv)
 
 
 def convert(config, checkpoint, dst, cfg_options=()):
@@ -61,7 +60,6 @@ def convert(config, checkpoint, dst, cfg_options=()):
 
 def main(argv=None):
     args = parse_args(argv)
-    apply_trust_flag(args)
     n = convert(args.config, args.checkpoint, args.dst, args.cfg_options)
     print(f'{n} MoD blocks in their inference form: {args.dst}\n'
           f'build its model with --cfg-options model.backbone.deploy=True')

@@ -10,16 +10,15 @@ blocks that MoD blocks replace are dropped. DST is an mmpretrain checkpoint
 in it, keep the config's own init. Prints which keys were mapped, skipped
 and are new.
 """
-import argparse
 import json
 import os.path as osp
 
-from mmmod.apis import (add_trust_flag, apply_trust_flag,
-                        check_checkpoint_is_data, checkpoints_as_data)
+from mmmod.apis import (add_trust_flag, check_checkpoint_is_data,
+                        checkpoints_as_data, parse_tool_args, tool_parser)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = tool_parser(__doc__)
     p.add_argument('src', help='stock ResNet checkpoint (mmpretrain or, '
                    'with --torchvision, torchvision)')
     p.add_argument('dst', help='where to write the converted checkpoint')
@@ -39,9 +38,7 @@ def parse_args(argv=None):
     p.add_argument('--report', help='also write the key report as JSON')
     p.add_argument('--verbose', action='store_true', help='list every key')
     add_trust_flag(p)
-    args = p.parse_args(argv)
-    apply_trust_flag(args)
-    return args
+    return parse_tool_args(p, argv)
 
 
 def convert(args):

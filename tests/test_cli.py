@@ -1,0 +1,52 @@
+"""The options the tools share (mmmod.apis.cli): every tool that takes one
+checks it the same way, with a usage error that names it."""
+import os
+
+import pytest
+from conftest import tool
+
+R18 = 'configs/resnet_mod/resnet18-mod_8xb32_in1k.py'
+
+# (tool, its positional arguments) for the tools with --input-size
+SIZED = [('analysis/benchmark', [R18]), ('analysis/complexity', [R18]),
+         ('deployment/export_onnx', [R18]),
+         ('analysis/conv_chain_speed', [R18])]
+THREADED = [t for t in SIZED if t[0] != 'analysis/complexity']
+
+
+@pytest.mark.parametrize('name,positional', SIZED)
+@pytest.mark.parametrize('size', [['0'], ['1', '2', '3']])
+def test_bad_input_size_is_a_usage_error(name, positional, size, capsys):
+    with pytest.raises(SystemExit) as err:
+        tool(name).parse_args(positional + ['--input-size', *size])
+    assert err.value.code == 2
+    assert '--input-size takes S or H W' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('name,positional', SIZED)
+def test_input_size_becomes_height_and_width(name, positional):
+    args = tool(name).parse_args(positional + ['--input-size', '64', '96'])
+    assert args.input_size == (64, 96)
+    assert tool(name).parse_args(positional).input_size == (224, 224)
+
+
+@pytest.mark.parametrize('name,positional', THREADED)
+def test_threads_below_one_is_a_usage_error(name, positional, capsys):
+    with pytest.raises(SystemExit):
+        tool(name).parse_args(positional + ['--threads', '0'])
+    assert '--threads must be >= 1' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('name', ['train', 'test'])
+def test_run_options_of_train_and_test(name, monkeypatch):
+    # set then deleted: monkeypatch removes what the tool sets afterwards
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.delenv('LOCAL_RANK')
+    positional = [R18] + (['ckpt.pth'] if name == 'test' else [])
+    args = tool(name).parse_args(positional + [
+        '--launcher', 'pytorch', '--local-rank', '3', '--partial-load',
+        '--preflight', '--cfg-options', 'a=1', 'b=2'])
+    assert (args.launcher, args.local_rank) == ('pytorch', 3)
+    assert args.partial_load and args.preflight
+    assert args.cfg_options == ['a=1', 'b=2']
+    assert os.environ['LOCAL_RANK'] == '3'
