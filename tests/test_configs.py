@@ -1,6 +1,7 @@
 """Every config under configs/ loads, and its model builds in its toolbox's
 registry; the ImageNet configs are the paper's models on the paper's recipe."""
 import glob
+import inspect
 import os.path as osp
 import re
 
@@ -35,19 +36,46 @@ def feat_channels(backbone):
     return backbone.out_channel  # MobileNetV2
 
 
-def test_paper_configs_present():
-    expected = (
-        [f'resnet_mod/resnet{d}-mod_8xb32_in1k.py'
-         for d in (18, 26, 34, 42, 50, 75, 86, 101, 152)] +
-        [f'resnet_mod/baselines/resnet{d}_8xb32_in1k.py'
-         for d in (18, 34, 50, 101, 152)] +
-        [f'mobilenet_v2_mod/mobilenet-v2{v}_8xb32_in1k.py'
-         for v in ('', '-mod', '-mod-l')] +
-        [f'ablations/resnet50-mod_c{c}_{f}_8xb32_in1k.py'
-         for c in (2, 4, 8, 16, 32, 64) for f in ('first-k', 'original')] +
-        [f'ablations/resnet{d}-mod-lk_8xb32_in1k.py' for d in (50, 75, 86)])
-    missing = set(osp.join('configs', p) for p in expected) - set(IMAGENET)
-    assert not missing
+# The paper's ImageNet experiments (supplement Tables 1-9): each config's
+# backbone type and the arguments its name stands for
+PAPER_CONFIGS = {
+    **{f'resnet_mod/resnet{d}-mod_8xb32_in1k.py':
+       ('ResNetMoD', dict(depth=d, c=64, fusion='first-k'))
+       for d in (18, 26, 34, 42, 50, 75, 86, 101, 152)},
+    **{f'resnet_mod/baselines/resnet{d}_8xb32_in1k.py':
+       ('ResNet', dict(depth=d)) for d in (18, 34, 50, 101, 152)},
+    'mobilenet_v2_mod/mobilenet-v2_8xb32_in1k.py':
+    ('MobileNetV2', dict(widen_factor=1.0)),
+    'mobilenet_v2_mod/mobilenet-v2-mod_8xb32_in1k.py':
+    ('MobileNetV2MoD', dict(arch='default', fusion='first-k')),
+    'mobilenet_v2_mod/mobilenet-v2-mod-l_8xb32_in1k.py':
+    ('MobileNetV2MoD', dict(arch='L', fusion='first-k')),
+    **{f'ablations/resnet50-mod_c{c}_{f}_8xb32_in1k.py':
+       ('ResNetMoD', dict(depth=50, c=c, fusion=f))
+       for c in (2, 4, 8, 16, 32, 64) for f in ('first-k', 'original')},
+    **{f'ablations/resnet{d}-mod-lk_8xb32_in1k.py':
+       ('ResNetMoD', dict(depth=d, c=64, fusion='last-k'))
+       for d in (50, 75, 86)},
+}
+
+
+@pytest.mark.parametrize('path', sorted(PAPER_CONFIGS))
+def test_paper_config_is_the_experiment_its_name_says(path):
+    """Read from the merged config (bases and overrides applied), as the
+    runner reads it; an unset argument takes the class's default."""
+    kind, expected = PAPER_CONFIGS[path]
+    backbone = load(osp.join('configs', path)).model.backbone
+    assert backbone.type == kind
+    defaults = {}  # the first default along the MRO's __init__s
+    for cls in MODELS.get(f'mmpretrain.{kind}').__mro__[::-1]:
+        if '__init__' in vars(cls):
+            defaults.update(
+                (name, p.default) for name, p in
+                inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty)
+    for key, value in expected.items():
+        got = backbone[key] if key in backbone else defaults[key]
+        assert got == value, key
 
 
 @pytest.mark.e2e
