@@ -449,7 +449,7 @@ def test_complexity_table(tmp_path, capsys):
     rows = tool('analysis/complexity').main([
         CONFIG,
         osp.join(ROOT, 'configs/resnet_mod/baselines/resnet18_8xb32_in1k.py'),
-        '--shape', '224', '--out', str(md)
+        '--input-size', '224', '--out', str(md)
     ])
     # the paper's Table 7; stock ResNet18's 11.69M is torchvision's count
     # (the paper's 11.18M leaves out the head)

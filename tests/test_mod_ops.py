@@ -61,7 +61,8 @@ def training_graph(block, x):
     fc1, fc2 = block.selector.fc1, block.selector.fc2
     with torch.enable_grad():
         x_k, scores, idx = ops._select_channels_composite(
-            x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, block.k)
+            x, x.mean((2, 3)), fc1.weight, fc1.bias, fc2.weight, fc2.bias,
+            block.k)
         out = ops._fuse_channels_composite(x, block.block(x_k), scores, idx,
                                            block._fusion_offset)
     assert out.requires_grad
@@ -108,7 +109,7 @@ def test_cpu_kernels_equal_the_composite(layout, kind):
         x = LAYOUTS[layout](torch.randn(n, channels, h, w))
         w1, w2 = weights(kind, channels, hidden)
         b1 = torch.randn(hidden) if trial % 2 else None
-        args = (x, w1, b1, w2, None, k)
+        args = (x, x.mean((2, 3)), w1, b1, w2, None, k)
         got = torch.ops.mmmod.select_channels(*args)
         want = ops._select_channels_composite(*args)
         for g, r in zip(got, want):
@@ -134,7 +135,7 @@ def test_cpu_kernels_are_registered_with_the_dispatcher():
     x = torch.randn(1, 16, 3, 3)
     w1, w2 = torch.randn(4, 16), torch.randn(16, 4)
     called = ops_run(lambda: torch.ops.mmmod.select_channels(
-        x, w1, None, w2, None, 4))
+        x, x.mean((2, 3)), w1, None, w2, None, 4))
     assert 'mmmod::select_channels' in called
     assert 'aten::gather' not in called  # the composite gathers
 
@@ -148,13 +149,14 @@ def test_opcheck(layout):
     x = LAYOUTS[layout](torch.randn(2, 8, 3, 5)).requires_grad_()
     w1, w2 = torch.randn(2, 8), torch.randn(8, 2)
     b1 = torch.randn(2)
-    for t in (w1, w2, b1):
+    means = x.detach().mean((2, 3))  # a leaf: its gradient is checked too
+    for t in (means, w1, w2, b1):
         t.requires_grad_()
     assert all(v == 'SUCCESS' for v in torch.library.opcheck(
         torch.ops.mmmod.select_channels.default,
-        (x, w1, b1, w2, None, 3)).values())
-    x_k, s, idx = torch.ops.mmmod.select_channels(x.detach(), w1.detach(),
-                                                  None, w2.detach(), None, 3)
+        (x, means, w1, b1, w2, None, 3)).values())
+    x_k, s, idx = torch.ops.mmmod.select_channels(
+        x.detach(), means.detach(), w1.detach(), None, w2.detach(), None, 3)
     y = torch.randn_like(x_k).requires_grad_()
     s = s.detach().requires_grad_()
     for offset in (0, 5, -1):
@@ -235,7 +237,11 @@ def test_bad_arguments_get_clear_errors():
     x = torch.randn(1, 8, 2, 2)
     w1, w2 = torch.randn(2, 8), torch.randn(8, 2)
     with pytest.raises(RuntimeError, match='k=9 is not in'):
-        torch.ops.mmmod.select_channels(x, w1, None, w2, None, 9)
+        torch.ops.mmmod.select_channels(x, x.mean((2, 3)), w1, None, w2,
+                                        None, 9)
+    with pytest.raises(RuntimeError, match=r'means must have shape \(1, 8\)'):
+        torch.ops.mmmod.select_channels(x, x.mean((1, 2)), w1, None, w2,
+                                        None, 2)
     y, s = torch.randn(1, 2, 2, 2), torch.rand(1, 2)
     with pytest.raises(RuntimeError, match='offset=7'):
         torch.ops.mmmod.fuse_channels(x, y, s, torch.zeros(1, 2).long(), 7)
@@ -285,7 +291,8 @@ def test_gradients_equal_the_composite(fusion):
         else:
             fc1, fc2 = block.selector.fc1, block.selector.fc2
             x_k, s, idx = ops._select_channels_composite(
-                xr, fc1.weight, fc1.bias, fc2.weight, fc2.bias, block.k)
+                xr, xr.mean((2, 3)), fc1.weight, fc1.bias, fc2.weight,
+                fc2.bias, block.k)
             out = ops._fuse_channels_composite(xr, block.block(x_k), s, idx,
                                                block._fusion_offset)
         weight = torch.linspace(-1, 1, out.numel()).view_as(out)
@@ -303,9 +310,10 @@ def test_gradcheck_of_the_ops():
     b1 = torch.randn(3, **dbl, requires_grad=True)
     w2 = torch.randn(6, 3, **dbl, requires_grad=True)
     b2 = torch.randn(6, **dbl, requires_grad=True)
+    means = torch.randn(2, 6, **dbl, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda *a: torch.ops.mmmod.select_channels(*a, 3)[:2],
-        (x, w1, b1, w2, b2))
+        (x, means, w1, b1, w2, b2))
     y = torch.randn(2, 3, 3, 3, **dbl, requires_grad=True)
     s = torch.rand(2, 3, **dbl, requires_grad=True)
     idx = torch.tensor([[5, 0, 2], [1, 4, 3]])
@@ -361,7 +369,8 @@ def test_empty_map_matches_the_reference_in_a_subprocess():
         fc1, fc2 = block.selector.fc1, block.selector.fc2
         def ref(x):
             x_k, s, i = ops._select_channels_composite(
-                x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, block.k)
+                x, x.mean((2, 3)), fc1.weight, fc1.bias, fc2.weight,
+                fc2.bias, block.k)
             return ops._fuse_channels_composite(x, block.block(x_k), s, i, 0)
         for shape in [(1, 32, 0, 5), (2, 32, 3, 0), (0, 32, 4, 4)]:
             x = torch.randn(shape)

@@ -2,8 +2,9 @@
 times them (tools/deployment/export_onnx.py, tools/analysis/benchmark.py).
 
 The MoD block's ops (:mod:`mmmod.layers.ops`) are exported as standard ONNX
-ops by the translations below (:data:`ONNX_TRANSLATIONS`): ReduceMean,
-MatMul, Relu, TopK, Sigmoid and GatherElements for ``select_channels``; Mul
+ops by the translations below (:data:`ONNX_TRANSLATIONS`): MatMul, Relu,
+TopK, Sigmoid and GatherElements for ``select_channels`` (its means are the
+ReduceMean before it); Mul
 and ScatterElements (reduction ``add``) for ``fuse_channels``; Conv (with
 Relu, Clip, Add) for ``conv_chain``; and the in-place fusion of the
 inference form, an ``aten::index_add`` once exported, as one
@@ -32,10 +33,10 @@ def _expand_index(idx, x, k):
     return op.Expand(op.Unsqueeze(idx, [2, 3]), size)
 
 
-def select_channels(x, w1, b1, w2, b2, k: int):
-    """``mmmod::select_channels`` in standard ONNX ops."""
-    mean = op.ReduceMean(x, op.Constant(value_ints=[2, 3]), keepdims=0)
-    logits = _linear(op.Relu(_linear(mean, w1, b1)), w2, b2)
+def select_channels(x, means, w1, b1, w2, b2, k: int):
+    """``mmmod::select_channels`` in standard ONNX ops (the means are
+    the ReduceMean of ``aten::mean`` before it)."""
+    logits = _linear(op.Relu(_linear(means, w1, b1)), w2, b2)
     top, idx = op.TopK(logits, op.Constant(value_ints=[k]), axis=1)
     x_k = op.GatherElements(x, _expand_index(idx, x, k), axis=1)
     return x_k, op.Sigmoid(top), idx

@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .ops import (conv_chain, fuse_channels, fuse_channels_, select_channels,
-                  selector_logits)
+from .ops import (channel_means, conv_chain, fuse_channels, fuse_channels_,
+                  select_channels, selector_logits)
 
 FUSIONS = ('first-k', 'last-k', 'original')
 
@@ -111,7 +111,8 @@ class ChannelSelector(nn.Module):
     def logits(self, x: Tensor) -> Tensor:
         """The scores before the sigmoid, (N, C)."""
         fc1, fc2 = self.fc1, self.fc2
-        return selector_logits(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        return selector_logits(channel_means(x), fc1.weight, fc1.bias,
+                               fc2.weight, fc2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.logits(x))

@@ -35,10 +35,9 @@ def _expand_index(g, idx, x, k):
     return g.op('Expand', sh._unsqueeze_helper(g, idx, [2, 3]), size)
 
 
-@sh.parse_args('v', 'v', 'v', 'v', 'v', 'i')
-def select_channels(g, x, w1, b1, w2, b2, k):
-    mean = g.op('Flatten', g.op('GlobalAveragePool', x), axis_i=1)
-    logits = _linear(g, g.op('Relu', _linear(g, mean, w1, b1)), w2, b2)
+@sh.parse_args('v', 'v', 'v', 'v', 'v', 'v', 'i')
+def select_channels(g, x, means, w1, b1, w2, b2, k):
+    logits = _linear(g, g.op('Relu', _linear(g, means, w1, b1)), w2, b2)
     top, idx = g.op('TopK', logits, _ints(g, [k]), axis_i=1, outputs=2)
     x_k = g.op('GatherElements', x, _expand_index(g, idx, x, k), axis_i=1)
     return x_k, g.op('Sigmoid', top), idx

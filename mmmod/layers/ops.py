@@ -1,12 +1,14 @@
 """The MoD block's ops, registered with PyTorch's dispatcher as
 ``torch.ops.mmmod.*`` (as torchvision registers ``nms`` and ``roi_align``).
 
-``select_channels(x, w1, b1, w2, b2, k) -> (x_k, scores, idx)``
-    The selector and the gather of Figure 2: channel means -> Linear -> ReLU
-    -> Linear gives the logits (N, C); ``idx`` are the ``k`` largest,
-    largest first, exactly as ``torch.topk`` chooses them (ties included);
-    ``scores`` their sigmoids (N, k); ``x_k`` the chosen channels
-    (N, k, H, W).
+``select_channels(x, means, w1, b1, w2, b2, k) -> (x_k, scores, idx)``
+    The selector and the gather of Figure 2: ``x``'s channel means (N, C),
+    given -> Linear -> ReLU -> Linear gives the logits (N, C); ``idx`` are
+    the ``k`` largest, largest first, exactly as ``torch.topk`` chooses
+    them (ties included); ``scores`` their sigmoids (N, k); ``x_k`` the
+    chosen channels (N, k, H, W). The means are an input, computed by the
+    caller (:func:`select_channels` below): in a compiled graph the mean is
+    then inductor's to fuse into the op that makes ``x``.
 ``fuse_channels(x, y, scores, idx, offset) -> out``
     A new map: ``x`` with ``y * scores`` added to ``k`` of its channels,
     ``offset .. offset + k - 1``, or each back at ``idx`` when ``offset < 0``.
@@ -80,8 +82,8 @@ def _define(schema):
         _lib.define(schema)
 
 
-_define('select_channels(Tensor x, Tensor w1, Tensor? b1, Tensor w2, '
-        'Tensor? b2, int k) -> (Tensor, Tensor, Tensor)')
+_define('select_channels(Tensor x, Tensor means, Tensor w1, Tensor? b1, '
+        'Tensor w2, Tensor? b2, int k) -> (Tensor, Tensor, Tensor)')
 _define('fuse_channels(Tensor x, Tensor y, Tensor scores, Tensor idx, '
         'int offset) -> Tensor')
 _define('conv_chain(Tensor x, Tensor[] weights, Tensor[] biases, '
@@ -121,13 +123,19 @@ def _expand(idx: Tensor, x: Tensor) -> Tensor:
     return idx[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
 
 
-def selector_logits(x: Tensor, w1: Tensor, b1, w2: Tensor, b2) -> Tensor:
+def channel_means(x: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, C): what the selector starts from."""
+    return x.mean((2, 3))
+
+
+def selector_logits(means: Tensor, w1: Tensor, b1, w2: Tensor,
+                    b2) -> Tensor:
     """Channel means -> Linear -> ReLU -> Linear: the logits (N, C)."""
-    return F.linear(F.linear(x.mean((2, 3)), w1, b1).relu(), w2, b2)
+    return F.linear(F.linear(means, w1, b1).relu(), w2, b2)
 
 
-def _select_channels_composite(x, w1, b1, w2, b2, k):
-    logits, idx = selector_logits(x, w1, b1, w2, b2).topk(k, dim=1)
+def _select_channels_composite(x, means, w1, b1, w2, b2, k):
+    logits, idx = selector_logits(means, w1, b1, w2, b2).topk(k, dim=1)
     x_k = x.gather(1, _expand(idx, x)).contiguous(memory_format=_layout(x))
     return x_k, logits.sigmoid(), idx
 
@@ -164,9 +172,12 @@ def _conv_chain_composite(x, weights, biases, meta, residual, final_act):
     return _activate(y, final_act).contiguous(memory_format=_layout(x))
 
 
-def _check_select(x, k):
+def _check_select(x, means, k):
     torch._check(x.dim() == 4, lambda: 'mmmod::select_channels: x must have '
                  f'shape (N, C, H, W), got {tuple(x.shape)}')
+    torch._check(tuple(means.shape) == tuple(x.shape[:2]), lambda: 'mmmod::'
+                 f'select_channels: means must have shape {tuple(x.shape[:2])}'
+                 f' (x\'s channel means), got {tuple(means.shape)}')
     torch._check(1 <= k <= x.shape[1], lambda: 'mmmod::select_channels: '
                  f'k={k} is not in [1, {x.shape[1]}]')
 
@@ -190,9 +201,9 @@ def _check_fuse(x, y, scores, idx, offset):
                  f'exceeds the {x.shape[1]} channels of x')
 
 
-def _select_channels(x, w1, b1, w2, b2, k):
-    _check_select(x, k)
-    return _select_channels_composite(x, w1, b1, w2, b2, k)
+def _select_channels(x, means, w1, b1, w2, b2, k):
+    _check_select(x, means, k)
+    return _select_channels_composite(x, means, w1, b1, w2, b2, k)
 
 
 def _fuse_channels(x, y, scores, idx, offset):
@@ -250,8 +261,8 @@ for _name, _fn in (('select_channels', _select_channels),
 
 
 @_register_fake('mmmod::select_channels')
-def _select_channels_fake(x, w1, b1, w2, b2, k):
-    _check_select(x, k)
+def _select_channels_fake(x, means, w1, b1, w2, b2, k):
+    _check_select(x, means, k)
     n, _, h, w = x.shape
     x_k = torch.empty((n, k, h, w), dtype=x.dtype, device=x.device,
                       memory_format=_layout(x))
@@ -274,28 +285,28 @@ def _conv_chain_fake(x, weights, biases, meta, residual, final_act):
 
 
 def _select_setup(ctx, inputs, output):
-    x, w1, b1, w2, b2, _ = inputs
+    x, means, w1, b1, w2, b2, _ = inputs
     _, scores, idx = output
     ctx.has_bias = (b1 is not None, b2 is not None)
+    ctx.x_meta = (x.shape, _layout(x))
     ctx.mark_non_differentiable(idx)
-    ctx.save_for_backward(x, w1, b1, w2, scores, idx)
+    ctx.save_for_backward(means, w1, b1, w2, scores, idx)
 
 
 def _select_backward(ctx, g_xk, g_scores, _):
-    """The selector's gradient (through the chosen logits) plus the
-    gather's (the chosen channels' gradients, back where they came from)."""
-    x, w1, b1, w2, scores, idx = ctx.saved_tensors
-    mean = x.mean((2, 3))
-    pre = F.linear(mean, w1, b1)
+    """The gather's gradient (the chosen channels' gradients, back where
+    they came from) and the selector's (through the chosen logits)."""
+    means, w1, b1, w2, scores, idx = ctx.saved_tensors
+    shape, layout = ctx.x_meta
+    g_x = torch.empty(shape, dtype=g_xk.dtype, device=g_xk.device,
+                      memory_format=layout).zero_()
+    g_x.scatter_add_(1, idx[:, :, None, None].expand(g_xk.shape), g_xk)
+    pre = F.linear(means, w1, b1)
     g_logits = scores.new_zeros(pre.shape[0], w2.shape[0]).scatter(
         1, idx, g_scores * scores * (1 - scores))
     g_pre = (g_logits @ w2) * (pre > 0)  # ReLU's gradient, as ATen's
-    g_mean = g_pre @ w1
-    g_x = (g_mean / (x.shape[2] * x.shape[3]))[:, :, None, None].expand(
-        x.shape).contiguous(memory_format=_layout(x))
-    # into the fresh map just made: one map written, not two
-    g_x.scatter_add_(1, _expand(idx, x), g_xk)
-    return (g_x, g_pre.t() @ mean, g_pre.sum(0) if ctx.has_bias[0] else None,
+    return (g_x, g_pre @ w1, g_pre.t() @ means,
+            g_pre.sum(0) if ctx.has_bias[0] else None,
             g_logits.t() @ pre.relu(),
             g_logits.sum(0) if ctx.has_bias[1] else None, None)
 
@@ -344,8 +355,10 @@ _register_autograd('fuse_channels', _fuse_backward, _fuse_setup)
 
 def select_channels(x: Tensor, w1: Tensor, b1, w2: Tensor, b2,
                     k: int):
-    """``torch.ops.mmmod.select_channels`` (see the module docstring)."""
-    return torch.ops.mmmod.select_channels(x, w1, b1, w2, b2, k)
+    """``torch.ops.mmmod.select_channels`` (see the module docstring) of
+    ``x`` and its channel means."""
+    return torch.ops.mmmod.select_channels(x, channel_means(x), w1, b1, w2,
+                                           b2, k)
 
 
 def fuse_channels(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,

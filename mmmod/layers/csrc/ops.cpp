@@ -4,9 +4,9 @@
 // are in mmmod/layers/ops.py, which imports this module; their ONNX forms are
 // in mmmod/deployment/onnx.py.
 //
-//   select_channels: channel means -> Linear -> ReLU -> Linear -> top-k of
-//                    the logits -> sigmoid, and the chosen channels copied
-//                    out. The selector and top-k are the very ATen ops the
+//   select_channels: the channel means (an input) -> Linear -> ReLU ->
+//                    Linear -> top-k of the logits -> sigmoid, and the
+//                    chosen channels copied out. The selector and top-k are the very ATen ops the
 //                    composite calls, so the choice is always torch.topk's;
 //                    the kernel saves the Python calls and the gather's
 //                    expanded index.
@@ -75,14 +75,19 @@ void copy_channels(const at::Tensor& x, const int64_t* idx, at::Tensor& out) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
-    const at::Tensor& x_any, const at::Tensor& w1,
+    const at::Tensor& x_any, const at::Tensor& means, const at::Tensor& w1,
     const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
     const c10::optional<at::Tensor>& b2, int64_t k) {
   check_map(x_any, "select_channels", "x");
   TORCH_CHECK(1 <= k && k <= x_any.size(1), "mmmod::select_channels: k=", k,
               " is not in [1, ", x_any.size(1), "]");
+  TORCH_CHECK(means.dim() == 2 && means.size(0) == x_any.size(0) &&
+                  means.size(1) == x_any.size(1),
+              "mmmod::select_channels: means must have shape (",
+              x_any.size(0), ", ", x_any.size(1),
+              ") (x's channel means), got ", means.sizes());
   // the composite's ops in its order (ops.py: _select_channels_composite)
-  auto hidden = at::linear(x_any.mean({2, 3}), w1, b1).relu();
+  auto hidden = at::linear(means, w1, b1).relu();
   auto top = at::topk(at::linear(hidden, w2, b2), k, /*dim=*/1);
   auto scores = std::get<0>(top).sigmoid();
   auto idx = std::get<1>(top).contiguous();
