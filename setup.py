@@ -46,8 +46,10 @@ setup(
     packages=find_packages(include=['mmmod', 'mmmod.*']),
     python_requires='>=3.8',
     install_requires=[
-        'torch', 'torchvision', 'mmengine>=0.10', 'mmcv>=2.0.0,<2.2.0',
-        'mmpretrain>=1.2', 'mmsegmentation>=1.2', 'mmdet>=3.3'
+        # the range tested (README): torch 2.1 (oldest) to 2.15 (newest)
+        'torch>=2.1,<2.16', 'torchvision', 'mmengine>=0.10',
+        'mmcv>=2.0.0,<2.2.0', 'mmpretrain>=1.2', 'mmsegmentation>=1.2',
+        'mmdet>=3.3'
     ],
     **extensions(),
 )

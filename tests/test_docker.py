@@ -66,10 +66,21 @@ def test_install_sh_reads_every_pin_from_versions_sh():
                          r'mmsegmentation)==\d', script)
 
 
+@pytest.mark.parametrize('stack', ['versions-oldest.sh', 'versions-newest.sh'])
+def test_the_ends_of_the_range_pin_the_same_packages(stack):
+    assert pins(stack).keys() == pins().keys()
 
-def test_the_oldest_stack_pins_the_same_packages():
-    assert pins('versions-oldest.sh').keys() == pins().keys()
-    assert pins('versions-oldest.sh')['TORCH_VERSION'].startswith('2.1.')
+
+def test_setup_py_declares_the_tested_torch_range():
+    from packaging.specifiers import SpecifierSet
+    setup = (ROOT / 'setup.py').read_text()
+    supported = SpecifierSet(re.search(r"'torch([<>=,.\d]+)'", setup)[1])
+    tested = [pins(stack)['TORCH_VERSION'] for stack in (
+        'versions-oldest.sh', 'versions.sh', 'versions-newest.sh')]
+    assert tested[0].startswith('2.1.') and tested[2].startswith('2.15.')
+    assert all(v in supported for v in tested)
+    assert '2.0.1' not in supported and '2.16.0' not in supported
+
 
 def test_base_image_cuda_is_the_pinned_torch_cuda():
     cuda = re.fullmatch(r'nvidia/cuda:(\d+)\.(\d+)\.\d+-(cudnn-)?devel-\S+',
