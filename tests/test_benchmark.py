@@ -396,6 +396,19 @@ def test_tool_folds_every_model():
             assert has_bn != fuse
 
 
+def test_tool_says_which_norms_stay_unfolded(capsys):
+    """with_cp blocks do not trace: their BNs stay, and the tool says so
+    rather than time them as folded."""
+    models = benchmark_tool.build_models(benchmark_tool.parse_args(
+        [BASELINE, MOD, '--fuse-conv-bn', '--cfg-options',
+         'model.backbone.with_cp=True']))
+    out = capsys.readouterr().out
+    for name, model in models.items():
+        left = sum(isinstance(m, torch.nn.BatchNorm2d)
+                   for m in model.modules())
+        assert left and f'{name}: {left} BN layers stay unfolded' in out
+
+
 @pytest.mark.slow
 def test_tool_in_the_compile_modes(tmp_path):
     from torch._dynamo.utils import counters

@@ -10,8 +10,10 @@ R18 = 'configs/resnet_mod/resnet18-mod_8xb32_in1k.py'
 # (tool, its positional arguments) for the tools with --input-size
 SIZED = [('analysis/benchmark', [R18]), ('analysis/complexity', [R18]),
          ('deployment/export_onnx', [R18]),
-         ('analysis/conv_chain_speed', [R18])]
-THREADED = [t for t in SIZED if t[0] != 'analysis/complexity']
+         ('analysis/conv_chain_speed', [R18]),
+         ('analysis/gather_seeds', ['work_dirs/r18'])]
+THREADED = [t for t in SIZED
+            if t[0] not in ('analysis/complexity', 'analysis/gather_seeds')]
 
 
 @pytest.mark.parametrize('name,positional', SIZED)
@@ -27,7 +29,8 @@ def test_bad_input_size_is_a_usage_error(name, positional, size, capsys):
 def test_input_size_becomes_height_and_width(name, positional):
     args = tool(name).parse_args(positional + ['--input-size', '64', '96'])
     assert args.input_size == (64, 96)
-    assert tool(name).parse_args(positional).input_size == (224, 224)
+    default = 32 if name == 'analysis/gather_seeds' else 224  # CIFAR's
+    assert tool(name).parse_args(positional).input_size == (default,) * 2
 
 
 @pytest.mark.parametrize('name,positional', THREADED)

@@ -344,8 +344,9 @@ def test_the_paper_fcn_backbone_deploys_with_mmengines_syncbn():
 ])
 def test_fold_conv_bn_of_a_whole_model_folds_every_norm(config,
                                                         backbone_only):
-    """A model that does not trace whole (a backbone's tuple of outputs)
-    folds child by child, the stem included, to the same outputs."""
+    """Whole models (classifier, mmseg and mmdet backbones with their
+    input checks and SyncBN): every norm folds, the stem's too, to the same
+    outputs."""
     from mmmod.deployment import build_tensor_model
     model = randomise_norms(build_tensor_model(config,
                                                backbone=backbone_only))
@@ -360,6 +361,36 @@ def test_fold_conv_bn_of_a_whole_model_folds_every_norm(config,
     assert norms() == []
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fold_conv_bn_folds_the_children_of_what_does_not_trace():
+    """A forward fx cannot trace (``len`` of its input), a ModuleList (no
+    forward): the pairs inside their children fold, the output is the
+    same; with ``strict`` the untraceable module is an error."""
+
+    class Head(nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.branches = nn.ModuleList(
+                nn.Sequential(nn.Conv2d(4, 4, 3, padding=1),
+                              nn.BatchNorm2d(4), nn.ReLU())
+                for _ in range(2))
+
+        def forward(self, x):
+            assert len(x) > 0
+            return sum(branch(x) for branch in self.branches)
+
+    torch.manual_seed(0)
+    head = randomise_norms(Head()).eval()
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        ref = head(x)
+        with pytest.raises(ValueError, match='does not trace'):
+            fold_conv_bn(head)
+        fold_conv_bn(head, strict=False)
+        torch.testing.assert_close(head(x), ref, rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in head.modules())
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])

@@ -1,6 +1,7 @@
 """The MoD block's registered ops (mmmod/layers/ops.py, csrc/ops.cpp): the C++
 CPU kernels give bit for bit what the composite (pure-PyTorch) implementation
-gives, on fuzzed shapes, layouts, fusions, batch sizes and ties; the block's
+gives on the same inputs, on fuzzed shapes, layouts, fusions, batch sizes
+and ties; the block's
 eval output equals the training graph's in eager, torch.compile, torch.export
 and ONNX Runtime; every test that is about a fast path asserts it ran."""
 import importlib.machinery

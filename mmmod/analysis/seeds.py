@@ -32,7 +32,7 @@ def read_run(run, metric):
     return configs[0], cfg.get('randomness', {}).get('seed'), metrics[metric]
 
 
-def gather_seeds(root, metric='accuracy/top1', shape=32):
+def gather_seeds(root, metric='accuracy/top1', input_size=(32, 32)):
     """One table row (a dict) for the runs under ``root``."""
     if not osp.isdir(root):
         raise FileNotFoundError(f'WORK_ROOT not found: {root}')
@@ -60,7 +60,7 @@ def gather_seeds(root, metric='accuracy/top1', shape=32):
         mean=float(accs.mean()),
         # sample standard deviation (n - 1); undefined (None) for one run
         std=float(accs.std(ddof=1)) if len(accs) > 1 else None,
-        mmac=count_macs(model, (3, shape, shape)) / 1e6,
+        mmac=count_macs(model, (3, *input_size)) / 1e6,
         params=count_params(model) / 1e6,
         seeds=seeds,
         values=accs.tolist(),

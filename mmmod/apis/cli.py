@@ -13,7 +13,7 @@ def tool_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def add_cfg_options(p, help='override config keys, e.g. '
-                    'train_cfg.max_epochs=1 data_root=/data/cifar'):
+                    'model.backbone.c=32 data_root=/data/cifar'):
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V',
                    help=help)
 
@@ -22,8 +22,9 @@ def add_run_options(p):
     """tools/train.py's and test.py's options of the run itself (the stock
     runner's launcher, the loading check, the distributed preflight)."""
     p.add_argument('--partial-load', action='store_true',
-                   help='accept a checkpoint whose weights do not all fit '
-                   'the model (refused by default)')
+                   help='accept a checkpoint (--resume, load_from, the one '
+                   'tested) whose weights do not all fit the model '
+                   '(refused by default)')
     p.add_argument('--launcher', default='none',
                    choices=['none', 'pytorch', 'slurm', 'mpi'])
     p.add_argument('--preflight', action='store_true',

@@ -4,11 +4,10 @@ times them (tools/deployment/export_onnx.py, tools/analysis/benchmark.py).
 The MoD block's ops (:mod:`mmmod.layers.ops`) are exported as standard ONNX
 ops by the translations below (:data:`ONNX_TRANSLATIONS`): MatMul, Relu,
 TopK, Sigmoid and GatherElements for ``select_channels`` (its means are the
-ReduceMean before it); Mul
-and ScatterElements (reduction ``add``) for ``fuse_channels``; Conv (with
-Relu, Clip, Add) for ``conv_chain``; and the in-place fusion of the
-inference form, an ``aten::index_add`` once exported, as one
-ScatterElements. ONNX Runtime needs no custom op.
+ReduceMean before it); Mul and ScatterElements (reduction ``add``) for
+``fuse_channels``; Conv (with Relu, Clip, Add) for ``conv_chain``; and the
+in-place fusion of the inference form, an ``aten::index_add`` once
+exported, as one ScatterElements. ONNX Runtime needs no custom op.
 """
 import inspect
 

@@ -259,10 +259,14 @@ def fold_conv_bn(module: nn.Module, strict: bool = True) -> nn.Module:
     does not trace (control flow on tensor values, e.g. ``with_cp``'s
     ``x.requires_grad``) is a ValueError with ``strict`` (a Conv-Block:
     nothing would be folded); without it, its children are folded one by
-    one (a whole model: the pairs lie inside its blocks).
+    one (a whole model: backbone, neck and head, each folded whole where it
+    traces). A pair whose conv and BN are two children of a module that does
+    not trace stays: count the BNs left where that matters.
     """
     module.eval()
     try:
+        if type(module).forward is nn.Module.forward:  # ModuleList, -Dict
+            raise ValueError(f'{type(module).__name__} has no forward')
         graph = _trace(module)
     except ValueError:
         if strict:
@@ -317,8 +321,9 @@ def _trace(module: nn.Module) -> fx.Graph:
                 if p.default is not inspect.Parameter.empty}
     try:
         return _Tracer().trace(module, concrete_args=defaults)
-    # a forward may raise anything on proxies (type checks of its input...)
-    except (fx.proxy.TraceError, TypeError, AttributeError) as err:
+    # a forward may raise anything on proxies (type checks of its input,
+    # len() of a proxy...)
+    except Exception as err:
         raise ValueError(
             f'cannot convert {type(module).__name__} for deployment: its '
             f'forward does not trace with torch.fx ({err}); with_cp=True '

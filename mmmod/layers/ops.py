@@ -300,7 +300,7 @@ def _select_backward(ctx, g_xk, g_scores, _):
     shape, layout = ctx.x_meta
     g_x = torch.empty(shape, dtype=g_xk.dtype, device=g_xk.device,
                       memory_format=layout).zero_()
-    g_x.scatter_add_(1, idx[:, :, None, None].expand(g_xk.shape), g_xk)
+    g_x.scatter_add_(1, _expand(idx, g_xk), g_xk)
     pre = F.linear(means, w1, b1)
     g_logits = scores.new_zeros(pre.shape[0], w2.shape[0]).scatter(
         1, idx, g_scores * scores * (1 - scores))

@@ -103,8 +103,15 @@ def build_models(args):
     for name, config in zip(bench.model_names(args.configs), args.configs):
         model = build_tensor_model(
             config, cfg_options=args.cfg_options, backbone=args.backbone)
-        models[name] = (fold_conv_bn(model, strict=False)
-                        if args.fuse_conv_bn else model)
+        if args.fuse_conv_bn:
+            fold_conv_bn(model, strict=False)
+            left = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                       for m in model.modules())
+            if left:  # e.g. with_cp blocks, which do not trace
+                print(f'--fuse-conv-bn: {name}: {left} BN layers stay '
+                      'unfolded (their modules do not trace with torch.fx)',
+                      flush=True)
+        models[name] = model
     return models
 
 

@@ -6,8 +6,9 @@
 //
 //   select_channels: the channel means (an input) -> Linear -> ReLU ->
 //                    Linear -> top-k of the logits -> sigmoid, and the
-//                    chosen channels copied out. The selector and top-k are the very ATen ops the
-//                    composite calls, so the choice is always torch.topk's;
+//                    chosen channels copied out. The selector and top-k
+//                    are the very ATen ops the composite calls, so the
+//                    choice is always torch.topk's;
 //                    the kernel saves the Python calls and the gather's
 //                    expanded index.
 //   fuse_channels:   a new map: x, with y * scores added to k of its
