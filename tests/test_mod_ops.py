@@ -522,6 +522,29 @@ def test_compiled_equals_training_graph(fusion):
         assert torch.allclose(out, want, atol=1e-5, rtol=0)
 
 
+def test_compiles_where_the_environment_sets_ci(monkeypatch):
+    """Inductor refuses an implicit fallback for an op with a registered
+    decomposition (the ops have them, for ONNX) when CI is set, as GitHub
+    Actions sets it: the ops declare their fallbacks, so it compiles and
+    runs their kernels."""
+    import torch._inductor.config as inductor_config
+    monkeypatch.setenv('CI', 'true')
+    for cache in ('fx_graph_cache', 'force_disable_caches'):  # lower anew
+        if hasattr(inductor_config, cache):
+            monkeypatch.setattr(inductor_config, cache,
+                                cache == 'force_disable_caches')
+    torch._dynamo.reset()
+    block = make_block(fusion='first-k')
+    x = torch.randn(2, 32, 5, 7)
+    compiled = torch.compile(block, backend='inductor')
+    with torch.no_grad():
+        called = ops_run(lambda: compiled(x))
+        out = compiled(x)
+    assert {'mmmod::select_channels', 'mmmod::fuse_channels'} <= called
+    want, _ = training_graph(block, x)
+    assert torch.allclose(out, want, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize('fusion', FUSIONS)
 def test_exported_program_keeps_the_ops_and_equals_eager(fusion):
     block = make_block(fusion=fusion)

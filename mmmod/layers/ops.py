@@ -260,6 +260,24 @@ for _name, _fn in (('select_channels', _select_channels),
         getattr(torch.ops.mmmod, _name).default)(_fn)
 
 
+def _declare_inductor_fallbacks():
+    """Inductor runs the ops as extern kernels (its fallbacks, with no
+    layout constraint: the kernels take maps as they come), as it would
+    on its own; declared here because an op with a registered
+    decomposition (above, for ONNX) is refused as an implicit fallback
+    whenever the environment sets ``CI`` (inductor's check for its own
+    ops, as for ``torchvision::roi_align``)."""
+    try:
+        from torch._inductor.lowering import make_fallback
+    except ImportError:  # a torch without inductor: nothing to declare
+        return
+    for name in ('select_channels', 'fuse_channels', 'conv_chain'):
+        make_fallback(getattr(torch.ops.mmmod, name).default, warn=False)
+
+
+_declare_inductor_fallbacks()
+
+
 @_register_fake('mmmod::select_channels')
 def _select_channels_fake(x, means, w1, b1, w2, b2, k):
     _check_select(x, means, k)
