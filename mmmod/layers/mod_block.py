@@ -79,6 +79,12 @@ def check_input_channels(x: Tensor, channels: int, where: str) -> None:
                          f'W), got {tuple(x.shape)}')
 
 
+# calls in torch.fx graphs, not traced through (fold_conv_bn traces blocks;
+# the backbones wrap their own imports of the check alike)
+fx.wrap('check_input_channels')
+fx.wrap('channel_means')
+
+
 def selector_width(channels: int, reduction: int) -> int:
     """``max(1, channels // reduction)``: the selector's hidden units. At
     least one, as squeeze-and-excitation layers clamp their width (timm's
@@ -301,11 +307,7 @@ _BN_FORWARDS = (nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward)
 
 class _Tracer(fx.Tracer):
     """Convs and BNs are leaves whatever their class (mmengine's SyncBN
-    checks its input's dim in Python); input checks are calls, not traced
-    through."""
-
-    def __init__(self):
-        super().__init__(autowrap_functions=(check_input_channels,))
+    checks its input's dim in Python)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (isinstance(m, (nn.modules.conv._ConvNd,

@@ -48,6 +48,7 @@ import warnings
 
 import torch
 import torch._decomp
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -124,8 +125,16 @@ def _expand(idx: Tensor, x: Tensor) -> Tensor:
 
 
 def channel_means(x: Tensor) -> Tensor:
-    """(N, C, H, W) -> (N, C): what the selector starts from."""
-    return x.mean((2, 3))
+    """(N, C, H, W) -> (N, C): what the selector starts from. ATen's
+    ``x.mean((2, 3))`` to the bit (a sum, in float32 for half types, then a
+    division), written out as ReduceSum and Div for ONNX: the TorchScript
+    exporter of torch 2.1 writes an opset-18 ReduceMean that ONNX rejects."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (x.sum((2, 3), dtype=acc) / (x.shape[2] * x.shape[3])).to(x.dtype)
+
+
+# a call in torch.fx graphs (its dtype choice does not trace)
+torch.fx.wrap('channel_means')
 
 
 def selector_logits(means: Tensor, w1: Tensor, b1, w2: Tensor,

@@ -1,12 +1,16 @@
 """MobileNetV2-MoD: the stock mmpretrain MobileNetV2 with every odd repeat of
 a stage a MoD block; ``arch='L'`` is the wider MobileNetV2-MoD-L (supplement
 Table 6)."""
+import torch.fx
 import torch.nn as nn
 from mmengine.registry import MODELS
 from mmpretrain.models.backbones.mobilenet_v2 import (InvertedResidual,
                                                       MobileNetV2)
 
 from mmmod.layers import MoDBlock, check_input_channels, is_mod_position
+
+# an input check is a call in torch.fx graphs (fold_conv_bn traces them)
+torch.fx.wrap('check_input_channels')
 
 
 @MODELS.register_module()

@@ -29,9 +29,13 @@ import math
 from functools import partial
 from typing import Dict, Optional, Tuple
 
+import torch.fx
 import torch.nn as nn
 
 from mmmod.layers import MoDBlock, check_input_channels, is_mod_position
+
+# an input check is a call in torch.fx graphs (fold_conv_bn traces them)
+torch.fx.wrap('check_input_channels')
 
 #: depth -> (block kind, blocks per stage): the stock depths and the paper's
 #: 26, 42, 75 and 86 (supplement Table 5).

@@ -1,10 +1,14 @@
 """VGG-MoD: the stock mmpretrain VGG with every odd conv layer of a stage a
 MoD layer (selector, conv3x3-norm-act on k channels, scale, fusion)."""
+import torch.fx
 from mmcv.cnn import ConvModule
 from mmengine.registry import MODELS
 from mmpretrain.models.backbones.vgg import VGG
 
 from mmmod.layers import MoDBlock, check_input_channels, is_mod_position
+
+# an input check is a call in torch.fx graphs (fold_conv_bn traces them)
+torch.fx.wrap('check_input_channels')
 
 
 @MODELS.register_module()
