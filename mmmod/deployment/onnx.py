@@ -4,7 +4,7 @@ times them (tools/deployment/export_onnx.py, tools/analysis/benchmark.py).
 The MoD block's ops (:mod:`mmmod.layers.ops`) are exported as standard ONNX
 ops by the translations below (:data:`ONNX_TRANSLATIONS`): MatMul, Relu,
 TopK, Sigmoid and GatherElements for ``select_channels`` (its means are the
-ReduceMean before it); Mul and ScatterElements (reduction ``add``) for
+ReduceSum and Div before it); Mul and ScatterElements (reduction ``add``) for
 ``fuse_channels``; Conv (with Relu, Clip, Add) for ``conv_chain``; and the
 in-place fusion of the inference form, an ``aten::index_add`` once
 exported, as one ScatterElements. ONNX Runtime needs no custom op.
@@ -34,7 +34,7 @@ def _expand_index(idx, x, k):
 
 def select_channels(x, means, w1, b1, w2, b2, k: int):
     """``mmmod::select_channels`` in standard ONNX ops (the means are
-    the ReduceMean of ``aten::mean`` before it)."""
+    computed before it, by ``channel_means``' sum and division)."""
     logits = _linear(op.Relu(_linear(means, w1, b1)), w2, b2)
     top, idx = op.TopK(logits, op.Constant(value_ints=[k]), axis=1)
     x_k = op.GatherElements(x, _expand_index(idx, x, k), axis=1)
