@@ -522,6 +522,17 @@ def test_compiled_equals_training_graph(fusion):
         assert torch.allclose(out, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64,
+                                   torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_channel_means_are_atens_mean_to_the_bit(dtype, layout):
+    for shape in [(2, 64, 7, 5), (1, 256, 56, 56), (3, 8, 1, 1)]:
+        x = LAYOUTS[layout](torch.randn(shape).to(dtype) * 3)
+        means = ops.channel_means(x)
+        assert means.dtype == dtype
+        assert torch.equal(means, x.mean((2, 3))), shape
+
+
 def test_compiles_where_the_environment_sets_ci(monkeypatch):
     """Inductor refuses an implicit fallback for an op with a registered
     decomposition (the ops have them, for ONNX) when CI is set, as GitHub
