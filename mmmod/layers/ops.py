@@ -35,7 +35,9 @@ Each op has, here or in ``csrc/ops.cpp``:
   kernels with;
 * a fake implementation, for ``torch.compile`` and ``torch.export``;
 * autograd for the two training ops (their backward in ATen ops), so that
-  training runs the same ops;
+  training runs the same ops: in C++ where the extension is built (a call
+  without autograd then costs no Python autograd kernel), in Python
+  otherwise;
 * ONNX forms in standard ops: the translations of
   :mod:`mmmod.deployment.onnx` (``mmmod.deployment.export``), the composite
   as a decomposition (a plain ``torch.onnx.export``) and a TorchScript
@@ -376,8 +378,9 @@ def _register_autograd(name, backward, setup_context):
     _lib.impl(name, Function.apply, 'Autograd')
 
 
-_register_autograd('select_channels', _select_backward, _select_setup)
-_register_autograd('fuse_channels', _fuse_backward, _fuse_setup)
+if not HAS_EXT:  # the extension registers the same autograd in C++
+    _register_autograd('select_channels', _select_backward, _select_setup)
+    _register_autograd('fuse_channels', _fuse_backward, _fuse_setup)
 
 
 def select_channels(x: Tensor, w1: Tensor, b1, w2: Tensor, b2,

@@ -6,11 +6,11 @@
 //
 //   select_channels: the channel means (an input) -> Linear -> ReLU ->
 //                    Linear -> top-k of the logits -> sigmoid, and the
-//                    chosen channels copied out. The selector and top-k
-//                    are the very ATen ops the composite calls, so the
-//                    choice is always torch.topk's;
-//                    the kernel saves the Python calls and the gather's
-//                    expanded index.
+//                    chosen channels copied out. Top-k is torch.topk, as
+//                    in the composite; in float32 the linears are the
+//                    kernel's own (selector_logits), equal to ATen's to
+//                    rounding; the kernel saves the Python calls and the
+//                    gather's expanded index.
 //   fuse_channels:   a new map: x, with y * scores added to k of its
 //                    channels (one copy of x, then the k channels).
 //   conv_chain:      a folded Conv-Block on a few channels (stride-1 convs,
@@ -22,6 +22,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <Python.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -75,6 +76,70 @@ void copy_channels(const at::Tensor& x, const int64_t* idx, at::Tensor& out) {
   }
 }
 
+// 16 running sums per dot product, one per lane: each lane's sum is the same
+// sequence of rounded products and adds whatever the vector width (no FMA:
+// -ffp-contract=off), so every clone gives the same bits.
+__attribute__((target_clones("avx512f", "avx2", "default"))) float dot16(
+    const float* a, const float* b, int64_t len) {
+  float acc[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= len; j += 16)
+    for (int q = 0; q < 16; ++q) acc[q] += a[j + q] * b[j + q];
+  for (int w = 8; w >= 1; w /= 2)  // pairwise, lanes q and q + w
+    for (int q = 0; q < w; ++q) acc[q] += acc[q + w];
+  float sum = acc[0];
+  for (; j < len; ++j) sum += a[j] * b[j];
+  return sum;
+}
+
+// out (n, rows) = in (n, cols) @ w (rows, cols)^T + bias, ReLU'd if asked:
+// a weight row at a time, for every sample, rows split across threads.
+void linear_rows(const float* in, const float* w, const float* bias,
+                 float* out, int64_t n, int64_t rows, int64_t cols,
+                 bool relu) {
+  const int64_t grain = std::max<int64_t>(1, kPlaneGrain / 2 / (cols * n + 1));
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t s = 0; s < n; ++s) {
+        float v = dot16(w + r * cols, in + s * cols, cols);
+        if (bias) v += bias[r];
+        out[s * rows + r] = relu && v < 0.f ? 0.f : v;
+      }
+  });
+}
+
+bool is_plain_float(const c10::optional<at::Tensor>& t) {
+  return !t || (t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                t->device().is_cpu());
+}
+
+// The selector's logits: Linear -> ReLU -> Linear of the channel means.
+// Float32 runs the two matrix-vector products here (each weight read once
+// per forward, by both threads): in a network at batch 1 the weights come
+// from memory and ATen's linear, a GEMM call, costs 2-3x as much
+// (docs/speed.md). Other dtypes run ATen's linear, as the composite.
+at::Tensor selector_logits(const at::Tensor& means, const at::Tensor& w1,
+                           const c10::optional<at::Tensor>& b1,
+                           const at::Tensor& w2,
+                           const c10::optional<at::Tensor>& b2) {
+  if (!(is_plain_float(means) && is_plain_float(w1) && is_plain_float(b1) &&
+        is_plain_float(w2) && is_plain_float(b2) && w1.dim() == 2 &&
+        w2.dim() == 2 && w1.size(1) == means.size(1) &&
+        w2.size(1) == w1.size(0) && (!b1 || b1->numel() == w1.size(0)) &&
+        (!b2 || b2->numel() == w2.size(0))))
+    return at::linear(at::linear(means, w1, b1).relu(), w2, b2);
+  const int64_t n = means.size(0), hidden = w1.size(0), c = w2.size(0);
+  auto h = at::empty({n, hidden}, means.options());
+  auto logits = at::empty({n, c}, means.options());
+  linear_rows(means.data_ptr<float>(), w1.data_ptr<float>(),
+              b1 ? b1->data_ptr<float>() : nullptr, h.data_ptr<float>(), n,
+              hidden, means.size(1), /*relu=*/true);
+  linear_rows(h.data_ptr<float>(), w2.data_ptr<float>(),
+              b2 ? b2->data_ptr<float>() : nullptr, logits.data_ptr<float>(),
+              n, c, hidden, /*relu=*/false);
+  return logits;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
     const at::Tensor& x_any, const at::Tensor& means, const at::Tensor& w1,
     const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
@@ -87,9 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
               "mmmod::select_channels: means must have shape (",
               x_any.size(0), ", ", x_any.size(1),
               ") (x's channel means), got ", means.sizes());
-  // the composite's ops in its order (ops.py: _select_channels_composite)
-  auto hidden = at::linear(means, w1, b1).relu();
-  auto top = at::topk(at::linear(hidden, w2, b2), k, /*dim=*/1);
+  auto top = at::topk(selector_logits(means, w1, b1, w2, b2), k, /*dim=*/1);
   auto scores = std::get<0>(top).sigmoid();
   auto idx = std::get<1>(top).contiguous();
   const auto format = layout_of(x_any);
@@ -478,7 +541,135 @@ at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
   return out;
 }
 
+using SelectOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// idx (N, k) expanded to index t's (N, k, H, W) (ops.py: _expand)
+at::Tensor expand_to(const at::Tensor& idx, const at::Tensor& t) {
+  return idx.unsqueeze(-1).unsqueeze(-1).expand_symint(
+      {idx.sym_size(0), idx.sym_size(1), t.sym_size(2), t.sym_size(3)});
+}
+
+// The ops' autograd, for every device: ops.py's _select_backward and
+// _fuse_backward in the same ATen ops. In C++ so that a call without
+// autograd (inference, validation) costs a check, not torch.library's
+// Python autograd kernel (~40 us a call in a network at batch 1); the
+// Python forms serve installs without this extension.
+struct SelectChannels : public torch::autograd::Function<SelectChannels> {
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+      const at::Tensor& means, const at::Tensor& w1,
+      const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+      const c10::optional<at::Tensor>& b2, int64_t k) {
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("mmmod::select_channels", "")
+            .typed<SelectOutputs(const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&,
+                                 const c10::optional<at::Tensor>&,
+                                 const at::Tensor&,
+                                 const c10::optional<at::Tensor>&, int64_t)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [x_k, scores, idx] = op.call(x, means, w1, b1, w2, b2, k);
+    ctx->saved_data["channels_last"] =
+        layout_of(x) == at::MemoryFormat::ChannelsLast;
+    ctx->saved_data["has_b1"] = b1.has_value() && b1->defined();
+    ctx->saved_data["has_b2"] = b2.has_value() && b2->defined();
+    ctx->save_for_backward({means, w1, b1 ? *b1 : at::Tensor(), w2, scores,
+                            idx});
+    ctx->mark_non_differentiable({idx});
+    return {x_k, scores, idx};
+  }
+
+  // The gather's gradient (the chosen channels' gradients, back where they
+  // came from) and the selector's (through the chosen logits).
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &means = saved[0], &w1 = saved[1], &b1 = saved[2],
+               &w2 = saved[3], &scores = saved[4], &idx = saved[5];
+    const auto &g_xk = grads[0], &g_scores = grads[1];
+    const bool has_b1 = ctx->saved_data["has_b1"].toBool();
+    const auto format = ctx->saved_data["channels_last"].toBool()
+                            ? at::MemoryFormat::ChannelsLast
+                            : at::MemoryFormat::Contiguous;
+    auto g_x = at::empty_symint({g_xk.sym_size(0), means.sym_size(1),
+                                 g_xk.sym_size(2), g_xk.sym_size(3)},
+                                g_xk.options(), format)
+                   .zero_();
+    g_x.scatter_add_(1, expand_to(idx, g_xk), g_xk);
+    const auto pre = at::linear(
+        means, w1, has_b1 ? c10::optional<at::Tensor>(b1) : c10::nullopt);
+    const auto g_logits =
+        at::zeros_symint({pre.sym_size(0), w2.sym_size(0)}, scores.options())
+            .scatter(1, idx, g_scores * scores * at::rsub(scores, 1));
+    const auto g_pre = at::matmul(g_logits, w2) * at::gt(pre, 0);
+    return {g_x,
+            at::matmul(g_pre, w1),
+            at::matmul(g_pre.t(), means),
+            has_b1 ? g_pre.sum(0) : at::Tensor(),
+            at::matmul(g_logits.t(), pre.relu()),
+            ctx->saved_data["has_b2"].toBool() ? g_logits.sum(0)
+                                               : at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+struct FuseChannels : public torch::autograd::Function<FuseChannels> {
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+      const at::Tensor& y, const at::Tensor& scores, const at::Tensor& idx,
+      int64_t offset) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("mmmod::fuse_channels", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, const at::Tensor&,
+                                           int64_t)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto out = op.call(x, y, scores, idx, offset);
+    ctx->saved_data["offset"] = offset;
+    ctx->save_for_backward({y, scores, idx});
+    return {out};
+  }
+
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &y = saved[0], &scores = saved[1], &idx = saved[2];
+    const auto& g_out = grads[0];
+    const int64_t offset = ctx->saved_data["offset"].toInt();
+    const auto g_target =
+        offset < 0 ? g_out.gather(1, expand_to(idx, g_out))
+                   : g_out.slice_symint(1, offset, y.sym_size(1) + offset);
+    return {g_out, g_target * scores.unsqueeze(-1).unsqueeze(-1),
+            (g_target * y).sum({2, 3}), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor fuse_channels_autograd(const at::Tensor& x, const at::Tensor& y,
+                                  const at::Tensor& scores,
+                                  const at::Tensor& idx, int64_t offset) {
+  return FuseChannels::apply(x, y, scores, idx, offset)[0];
+}
+
+SelectOutputs select_channels_autograd(const at::Tensor& x,
+                                       const at::Tensor& means,
+                                       const at::Tensor& w1,
+                                       const c10::optional<at::Tensor>& b1,
+                                       const at::Tensor& w2,
+                                       const c10::optional<at::Tensor>& b2,
+                                       int64_t k) {
+  auto out = SelectChannels::apply(x, means, w1, b1, w2, b2, k);
+  return {out[0], out[1], out[2]};
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(mmmod, Autograd, m) {
+  m.impl("select_channels", &select_channels_autograd);
+  m.impl("fuse_channels", &fuse_channels_autograd);
+}
 
 TORCH_LIBRARY_IMPL(mmmod, CPU, m) {
   m.impl("select_channels", &select_channels_cpu);
