@@ -191,6 +191,11 @@ def test_the_selector_kernel_computes_float32_itself():
 def test_cpu_kernels_are_registered_with_the_dispatcher():
     for op in ('select_channels', 'fuse_channels'):
         assert cpu_kernel_registered(op)
+        # and their autograd, in C++: a call without autograd runs no
+        # Python kernel
+        autograd = [line for line in torch._C._dispatch_dump(
+            f'mmmod::{op}').splitlines() if line.startswith('Autograd')]
+        assert len(autograd) == 1 and 'ops.cpp' in autograd[0], autograd
     x = torch.randn(1, 16, 3, 3)
     w1, w2 = torch.randn(4, 16), torch.randn(16, 4)
     called = ops_run(lambda: torch.ops.mmmod.select_channels(
