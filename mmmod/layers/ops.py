@@ -4,8 +4,9 @@
 ``select_channels(x, means, w1, b1, w2, b2, k) -> (x_k, scores, idx)``
     The selector and the gather of Figure 2: ``x``'s channel means (N, C),
     given -> Linear -> ReLU -> Linear gives the logits (N, C); ``idx`` are
-    the ``k`` largest, largest first, exactly as ``torch.topk`` chooses
-    them (ties included); ``scores`` their sigmoids (N, k); ``x_k`` the
+    the ``k`` largest, largest first, as ``torch.topk`` chooses them (the
+    CPU kernel's float32 linears equal ATen's to rounding, see
+    ``csrc/ops.cpp``); ``scores`` their sigmoids (N, k); ``x_k`` the
     chosen channels (N, k, H, W). The means are an input, computed by the
     caller (:func:`select_channels` below): in a compiled graph the mean is
     then inductor's to fuse into the op that makes ``x``.
