@@ -164,11 +164,11 @@ def test_cpu_kernels_match_the_composite(layout, kind):
 
 @needs_ext
 def test_the_selector_kernel_computes_float32_itself():
-    """Float32 runs the kernel's own linears (no ATen GEMM call); float64
-    and weights that are not plain float32 run ATen's linear, the
-    composite's, bit for bit; both agree with it."""
+    """Float32 at batch 1 runs the kernel's own linears (no ATen GEMM
+    call); larger batches, float64 and weights that are not plain float32
+    run ATen's linear, the composite's, bit for bit; both agree with it."""
     torch.manual_seed(0)
-    x = torch.randn(3, 64, 4, 4)
+    x = torch.randn(1, 64, 4, 4)
     w1, w2 = weights('random', 64, 16)
     b1, b2 = torch.randn(16), torch.randn(64)
     gemm = {'aten::linear', 'aten::mm', 'aten::addmm', 'aten::matmul'}
@@ -179,9 +179,11 @@ def test_the_selector_kernel_computes_float32_itself():
     x_k, scores, idx = op(*args)
     assert torch.equal(idx, logits.topk(8, 1).indices)
     assert_scores_of(scores, idx, logits)
+    x3 = torch.randn(3, 64, 4, 4)
     for other in (tuple(a.double() if isinstance(a, torch.Tensor) else a
                         for a in args),
-                  args[:4] + (w2.t().contiguous().t(), ) + args[5:]):
+                  args[:4] + (w2.t().contiguous().t(), ) + args[5:],
+                  (x3, x3.mean((2, 3))) + args[2:]):
         assert ops_run(lambda: op(*other)) & gemm
         for g, r in zip(op(*other), ops._select_channels_composite(*other)):
             assert torch.equal(g, r)

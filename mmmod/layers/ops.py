@@ -5,7 +5,7 @@
     The selector and the gather of Figure 2: ``x``'s channel means (N, C),
     given -> Linear -> ReLU -> Linear gives the logits (N, C); ``idx`` are
     the ``k`` largest, largest first, as ``torch.topk`` chooses them (the
-    CPU kernel's float32 linears equal ATen's to rounding, see
+    CPU kernel's float32 linears at batch 1 equal ATen's to rounding, see
     ``csrc/ops.cpp``); ``scores`` their sigmoids (N, k); ``x_k`` the
     chosen channels (N, k, H, W). The means are an input, computed by the
     caller (:func:`select_channels` below): in a compiled graph the mean is

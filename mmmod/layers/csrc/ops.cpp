@@ -7,10 +7,10 @@
 //   select_channels: the channel means (an input) -> Linear -> ReLU ->
 //                    Linear -> top-k of the logits -> sigmoid, and the
 //                    chosen channels copied out. Top-k is torch.topk, as
-//                    in the composite; in float32 the linears are the
-//                    kernel's own (selector_logits), equal to ATen's to
-//                    rounding; the kernel saves the Python calls and the
-//                    gather's expanded index.
+//                    in the composite; in float32 at batch 1 the linears
+//                    are the kernel's own (selector_logits), equal to
+//                    ATen's to rounding; the kernel saves the Python calls
+//                    and the gather's expanded index.
 //   fuse_channels:   a new map: x, with y * scores added to k of its
 //                    channels (one copy of x, then the k channels).
 //   conv_chain:      a folded Conv-Block on a few channels (stride-1 convs,
@@ -115,15 +115,18 @@ bool is_plain_float(const c10::optional<at::Tensor>& t) {
 }
 
 // The selector's logits: Linear -> ReLU -> Linear of the channel means.
-// Float32 runs the two matrix-vector products here (each weight read once
-// per forward, by both threads): in a network at batch 1 the weights come
-// from memory and ATen's linear, a GEMM call, costs 2-3x as much
-// (docs/speed.md). Other dtypes run ATen's linear, as the composite.
+// Float32 at batch 1 runs the two matrix-vector products here (each weight
+// read once, by both threads): in a network the weights come from memory
+// and ATen's linear, a GEMM call, costs about twice as much
+// (docs/speed.md). Larger batches (where a GEMM's blocking wins once the
+// weights serve several images) and other dtypes run ATen's linear, as the
+// composite.
 at::Tensor selector_logits(const at::Tensor& means, const at::Tensor& w1,
                            const c10::optional<at::Tensor>& b1,
                            const at::Tensor& w2,
                            const c10::optional<at::Tensor>& b2) {
-  if (!(is_plain_float(means) && is_plain_float(w1) && is_plain_float(b1) &&
+  if (!(means.size(0) == 1 && is_plain_float(means) && is_plain_float(w1) &&
+        is_plain_float(b1) &&
         is_plain_float(w2) && is_plain_float(b2) && w1.dim() == 2 &&
         w2.dim() == 2 && w1.size(1) == means.size(1) &&
         w2.size(1) == w1.size(0) && (!b1 || b1->numel() == w1.size(0)) &&
