@@ -187,6 +187,9 @@ def test_the_selector_kernel_computes_float32_itself():
         assert ops_run(lambda: op(*other)) & gemm
         for g, r in zip(op(*other), ops._select_channels_composite(*other)):
             assert torch.equal(g, r)
+    # a bias of another shape is ATen's error, as at any batch size
+    with pytest.raises(RuntimeError):
+        op(*args[:3], b1[:, None], *args[4:])
 
 
 @needs_ext

@@ -129,8 +129,9 @@ at::Tensor selector_logits(const at::Tensor& means, const at::Tensor& w1,
         is_plain_float(b1) &&
         is_plain_float(w2) && is_plain_float(b2) && w1.dim() == 2 &&
         w2.dim() == 2 && w1.size(1) == means.size(1) &&
-        w2.size(1) == w1.size(0) && (!b1 || b1->numel() == w1.size(0)) &&
-        (!b2 || b2->numel() == w2.size(0))))
+        w2.size(1) == w1.size(0) &&
+        (!b1 || (b1->dim() == 1 && b1->size(0) == w1.size(0))) &&
+        (!b2 || (b2->dim() == 1 && b2->size(0) == w2.size(0)))))
     return at::linear(at::linear(means, w1, b1).relu(), w2, b2);
   const int64_t n = means.size(0), hidden = w1.size(0), c = w2.size(0);
   auto h = at::empty({n, hidden}, means.options());
