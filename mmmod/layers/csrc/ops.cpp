@@ -93,19 +93,17 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float dot16(
   return sum;
 }
 
-// out (n, rows) = in (n, cols) @ w (rows, cols)^T + bias, ReLU'd if asked:
-// a weight row at a time, for every sample, rows split across threads.
-void linear_rows(const float* in, const float* w, const float* bias,
-                 float* out, int64_t n, int64_t rows, int64_t cols,
-                 bool relu) {
-  const int64_t grain = std::max<int64_t>(1, kPlaneGrain / 2 / (cols * n + 1));
+// out (rows) = w (rows, cols) @ in (cols) + bias, ReLU'd if asked: a weight
+// row at a time, rows split across threads.
+void matvec(const float* w, const float* in, const float* bias, float* out,
+            int64_t rows, int64_t cols, bool relu) {
+  const int64_t grain = std::max<int64_t>(1, kPlaneGrain / 2 / (cols + 1));
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t s = 0; s < n; ++s) {
-        float v = dot16(w + r * cols, in + s * cols, cols);
-        if (bias) v += bias[r];
-        out[s * rows + r] = relu && v < 0.f ? 0.f : v;
-      }
+    for (int64_t r = r0; r < r1; ++r) {
+      float v = dot16(w + r * cols, in, cols);
+      if (bias) v += bias[r];
+      out[r] = relu && v < 0.f ? 0.f : v;
+    }
   });
 }
 
@@ -126,22 +124,22 @@ at::Tensor selector_logits(const at::Tensor& means, const at::Tensor& w1,
                            const at::Tensor& w2,
                            const c10::optional<at::Tensor>& b2) {
   if (!(means.size(0) == 1 && is_plain_float(means) && is_plain_float(w1) &&
-        is_plain_float(b1) &&
-        is_plain_float(w2) && is_plain_float(b2) && w1.dim() == 2 &&
+        is_plain_float(b1) && is_plain_float(w2) && is_plain_float(b2) &&
+        w1.dim() == 2 &&
         w2.dim() == 2 && w1.size(1) == means.size(1) &&
         w2.size(1) == w1.size(0) &&
         (!b1 || (b1->dim() == 1 && b1->size(0) == w1.size(0))) &&
         (!b2 || (b2->dim() == 1 && b2->size(0) == w2.size(0)))))
     return at::linear(at::linear(means, w1, b1).relu(), w2, b2);
-  const int64_t n = means.size(0), hidden = w1.size(0), c = w2.size(0);
-  auto h = at::empty({n, hidden}, means.options());
-  auto logits = at::empty({n, c}, means.options());
-  linear_rows(means.data_ptr<float>(), w1.data_ptr<float>(),
-              b1 ? b1->data_ptr<float>() : nullptr, h.data_ptr<float>(), n,
-              hidden, means.size(1), /*relu=*/true);
-  linear_rows(h.data_ptr<float>(), w2.data_ptr<float>(),
-              b2 ? b2->data_ptr<float>() : nullptr, logits.data_ptr<float>(),
-              n, c, hidden, /*relu=*/false);
+  const int64_t hidden = w1.size(0), c = w2.size(0);
+  auto h = at::empty({1, hidden}, means.options());
+  auto logits = at::empty({1, c}, means.options());
+  matvec(w1.data_ptr<float>(), means.data_ptr<float>(),
+         b1 ? b1->data_ptr<float>() : nullptr, h.data_ptr<float>(), hidden,
+         means.size(1), /*relu=*/true);
+  matvec(w2.data_ptr<float>(), h.data_ptr<float>(),
+         b2 ? b2->data_ptr<float>() : nullptr, logits.data_ptr<float>(), c,
+         hidden, /*relu=*/false);
   return logits;
 }
 
