@@ -124,6 +124,13 @@ def test_conv_chain_kernel_equals_the_composite(seed, layout):
     out64 = torch.ops.mmmod.conv_chain(*chain_case(seed, layout, torch.double))
     ref64 = ops._conv_chain_composite(*chain_case(seed, layout, torch.double))
     torch.testing.assert_close(out64, ref64, rtol=1e-12, atol=1e-12)
+    # times the scores, in the kernel's last pass: the composite's rounding
+    scale = torch.rand(out.shape[:2], generator=torch.Generator().manual_seed(
+        seed))
+    scaled = torch.ops.mmmod.conv_chain(*args, scale)
+    assert torch.equal(scaled, out * scale[:, :, None, None])
+    torch.testing.assert_close(
+        scaled, ops._conv_chain_composite(*args, scale), rtol=1e-5, atol=1e-5)
 
 
 def test_conv_chain_rejects_bad_arguments():
@@ -136,6 +143,12 @@ def test_conv_chain_rejects_bad_arguments():
                                    False, 0)
     with pytest.raises(RuntimeError, match='conv_chain'):  # meta length
         torch.ops.mmmod.conv_chain(x, [w], [b], [1, 1, 1, 1, 1], False, 0)
+    for scale in (torch.ones(1, 3), torch.ones(4)):  # (N, C_out)
+        with pytest.raises(RuntimeError, match='scale must have shape'):
+            torch.ops.mmmod.conv_chain(x, [w], [b], [1, 1, 1, 1, 1, 0],
+                                       False, 0, scale)
+        with pytest.raises(RuntimeError, match='scale must have shape'):
+            ops._conv_chain(x, [w], [b], [1, 1, 1, 1, 1, 0], False, 0, scale)
 
 
 @pytest.mark.parametrize('fusion', FUSIONS)
@@ -171,8 +184,11 @@ def test_conv_chain_has_its_cpu_kernel():
 @needs_opcheck
 def test_opcheck_of_conv_chain():
     args = chain_case(3, 'contiguous')
-    torch.library.opcheck(torch.ops.mmmod.conv_chain.default, args,
-                          test_utils=('test_schema', 'test_faketensor'))
+    scale = torch.rand(args[0].shape[0], args[1][-1].shape[0])
+    for extra in ((), (scale, )):
+        torch.library.opcheck(torch.ops.mmmod.conv_chain.default,
+                              (*args, *extra),
+                              test_utils=('test_schema', 'test_faketensor'))
 
 
 # --- the block -------------------------------------------------------------
@@ -212,6 +228,8 @@ def test_inference_form_equals_the_training_form(kind, fusion, layout):
         out = outputs(deployed, x.clone())
     assert ran['mmmod::conv_chain'] == len(blocks)
     assert 'mmmod::fuse_channels' not in ran  # (the new map's copy)
+    # the chains multiply by the scores: each fusion is its add alone
+    assert ran.get('aten::mul', 0) == skip.get('aten::mul', 0)
     # the Conv-Blocks run no convolution of their own
     assert ran['aten::convolution'] == skip['aten::convolution']
     for o, r in zip(out, ref):

@@ -5,8 +5,8 @@ The MoD block's ops (:mod:`mmmod.layers.ops`) are exported as standard ONNX
 ops by the translations below (:data:`ONNX_TRANSLATIONS`): MatMul, Relu,
 TopK, Sigmoid and GatherElements for ``select_channels`` (its means are the
 ReduceSum and Div before it); Mul and ScatterElements (reduction ``add``) for
-``fuse_channels``; Conv (with Relu, Clip, Add) for ``conv_chain``; and the
-in-place fusion of the inference form, an ``aten::index_add`` once
+``fuse_channels``; Conv (with Relu, Clip, Add, Mul) for ``conv_chain``; and
+the in-place fusion of the inference form, an ``aten::index_add`` once
 exported, as one ScatterElements. ONNX Runtime needs no custom op.
 """
 import inspect
@@ -81,9 +81,10 @@ def _activate(y, act: int):
     return y
 
 
-def conv_chain(x, weights, biases, meta, residual: bool, final_act: int):
-    """``mmmod::conv_chain`` as ONNX Conv nodes (with Relu / Clip and Add):
-    the folded Conv-Block, as ONNX Runtime runs convolutions."""
+def conv_chain(x, weights, biases, meta, residual: bool, final_act: int,
+               scale=None):
+    """``mmmod::conv_chain`` as ONNX Conv nodes (with Relu / Clip, Add and
+    Mul): the folded Conv-Block, as ONNX Runtime runs convolutions."""
     y = x
     for i, (w, b) in enumerate(zip(weights, biases)):
         pad_h, pad_w, dil_h, dil_w, groups, act = meta[6 * i:6 * i + 6]
@@ -93,7 +94,8 @@ def conv_chain(x, weights, biases, meta, residual: bool, final_act: int):
             act)
     if residual:
         y = op.Add(y, x)
-    return _activate(y, final_act)
+    y = _activate(y, final_act)
+    return y if scale is None else op.Mul(y, op.Unsqueeze(scale, [2, 3]))
 
 
 #: ``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``.

@@ -24,10 +24,11 @@ kernel, a pure-PyTorch implementation, autograd and an ONNX translation.
 The inference form is an explicit one-way conversion,
 :meth:`MoDBlock.switch_to_deploy` (or ``deploy=True`` at construction, to
 rebuild a converted model): the Conv-Block's BN folded into its convs, the
-Conv-Block run as one ``mmmod::conv_chain`` call where it is a plain chain of
-convs on few channels, and the result added into ``x`` in place
-(:func:`~mmmod.layers.ops.fuse_channels_`): like ``nn.ReLU(inplace=True)``, a
-deployed block writes its input and returns it. It runs without autograd
+Conv-Block run as one ``mmmod::conv_chain`` call (which also multiplies by
+the scores) where it is a plain chain of convs on few channels, and the
+result added into ``x`` in place (:func:`~mmmod.layers.ops.add_channels_`):
+like ``nn.ReLU(inplace=True)``, a deployed block writes its input and
+returns it. It runs without autograd
 only.
 """
 import inspect
@@ -42,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .ops import (channel_means, conv_chain, fuse_channels, fuse_channels_,
-                  select_channels, selector_logits)
+from .ops import (add_channels_, channel_means, fuse_channels,
+                  fuse_channels_, select_channels, selector_logits)
 
 FUSIONS = ('first-k', 'last-k', 'original')
 
@@ -208,8 +209,13 @@ class MoDBlock(nn.Module):
                 'torch.inference_mode(), or train the model built without '
                 'deploy')
         x_k, scores, idx = self._select_channels(x)
-        return fuse_channels_(x, self.block(x_k), scores, idx,
-                              self._fusion_offset)
+        if not isinstance(self.block, ConvChain):
+            return fuse_channels_(x, self.block(x_k), scores, idx,
+                                  self._fusion_offset)
+        # the chain multiplies by the scores in its last pass: the fusion
+        # is one add (a mul and its ATen calls fewer, in eager)
+        return add_channels_(x, self.block(x_k, scores).to(x.dtype), idx,
+                             self._fusion_offset)
 
     def switch_to_deploy(self) -> 'MoDBlock':
         """Turns the block into its inference form, for good (as RepVGG's
@@ -219,9 +225,11 @@ class MoDBlock(nn.Module):
         a Conv-Block that is then a plain chain of stride-1 convs and
         ReLU / ReLU6 (with at most a residual add of its input) on few
         channels becomes a :class:`ConvChain` (one ``mmmod::conv_chain``
-        call); and the forward adds into ``x`` in place
-        (:func:`~mmmod.layers.ops.fuse_channels_`) and returns ``x``. The
-        parameters stop requiring gradients.
+        call, which multiplies by the scores too); and the forward adds
+        into ``x`` in place (:func:`~mmmod.layers.ops.fuse_channels_`, or
+        :func:`~mmmod.layers.ops.add_channels_` of the chain's scaled
+        output) and returns ``x``. The parameters stop requiring
+        gradients.
 
         The block must be in eval mode; afterwards it stays there:
         ``train()`` raises, and so does a forward with autograd recording.
@@ -373,12 +381,15 @@ class ConvChain(nn.Module):
         self.residual = residual
         self.final_act = final_act
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, scale: Optional[Tensor] = None) -> Tensor:
+        """The chain on ``x``, its output times ``scale`` (N, C_out) if
+        given."""
         # a ParameterList's entries, in order, without its __iter__ (4 us
         # a list, per block and forward)
-        return conv_chain(x, list(self.weight._parameters.values()),
-                          list(self.bias._parameters.values()), self.meta,
-                          self.residual, self.final_act)
+        return torch.ops.mmmod.conv_chain(
+            x, list(self.weight._parameters.values()),
+            list(self.bias._parameters.values()), self.meta, self.residual,
+            self.final_act, scale)
 
     @property
     def macs_per_pixel(self) -> int:

@@ -71,8 +71,8 @@ def _activate(g, y, act):
     return y
 
 
-@sh.parse_args('v', 'v', 'v', 'is', 'b', 'i')
-def conv_chain(g, x, weights, biases, meta, residual, final_act):
+@sh.parse_args('v', 'v', 'v', 'is', 'b', 'i', 'v')
+def conv_chain(g, x, weights, biases, meta, residual, final_act, scale=None):
     y = x
     for i, (w, b) in enumerate(zip(sh._unpack_list(weights),
                                    sh._unpack_list(biases))):
@@ -84,7 +84,10 @@ def conv_chain(g, x, weights, biases, meta, residual, final_act):
                               strides_i=[1, 1]), act)
     if residual:
         y = g.op('Add', y, x)
-    return _activate(g, y, final_act)
+    y = _activate(g, y, final_act)
+    if scale is None or sh._is_none(scale):
+        return y
+    return g.op('Mul', y, sh._unsqueeze_helper(g, scale, [2, 3]))
 
 
 for _name, _fn in (('select_channels', select_channels),

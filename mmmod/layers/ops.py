@@ -17,11 +17,13 @@
 
 The inference form (:meth:`mmmod.layers.MoDBlock.switch_to_deploy`) adds:
 
-``conv_chain(x, weights, biases, meta, residual, final_act) -> y``
+``conv_chain(x, weights, biases, meta, residual, final_act, scale=None) -> y``
     A Conv-Block with its BN folded, as one call: stride-1 "same" convs in
     a row, each with a bias (``meta``: six ints per conv, ``pad_h, pad_w,
     dil_h, dil_w, groups, act``, act 0 none, 1 ReLU, 2 ReLU6), then ``+ x`` if
-    ``residual``, then ``final_act``. Not differentiable. The CPU kernel
+    ``residual``, then ``final_act``, then ``× scale`` (N, C_out) if given:
+    the inference form passes the scores, so that the fusion is one add.
+    Not differentiable. The CPU kernel
     computes float32 and float64 directly, other dtypes with ATen's convs.
 
 Each op has, here or in ``csrc/ops.cpp``:
@@ -91,7 +93,8 @@ _define('select_channels(Tensor x, Tensor means, Tensor w1, Tensor? b1, '
 _define('fuse_channels(Tensor x, Tensor y, Tensor scores, Tensor idx, '
         'int offset) -> Tensor')
 _define('conv_chain(Tensor x, Tensor[] weights, Tensor[] biases, '
-        'int[] meta, bool residual, int final_act) -> Tensor')
+        'int[] meta, bool residual, int final_act, Tensor? scale=None) '
+        '-> Tensor')
 
 _ext = None
 # MMMOD_WITH_EXT=0 (as for setup.py): run without the C++ kernels even where
@@ -171,7 +174,8 @@ def _activate(y: Tensor, act: int) -> Tensor:
     return y if act == 0 else y.relu() if act == 1 else F.relu6(y)
 
 
-def _conv_chain_composite(x, weights, biases, meta, residual, final_act):
+def _conv_chain_composite(x, weights, biases, meta, residual, final_act,
+                          scale=None):
     y = x
     for i, (w, b) in enumerate(zip(weights, biases)):
         pad_h, pad_w, dil_h, dil_w, groups, act = meta[CHAIN_META * i:
@@ -181,7 +185,10 @@ def _conv_chain_composite(x, weights, biases, meta, residual, final_act):
                      groups=groups), act)
     if residual:
         y = y + x
-    return _activate(y, final_act).contiguous(memory_format=_layout(x))
+    y = _activate(y, final_act)
+    if scale is not None:
+        y = y * scale[:, :, None, None]
+    return y.contiguous(memory_format=_layout(x))
 
 
 def _check_select(x, means, k):
@@ -223,7 +230,7 @@ def _fuse_channels(x, y, scores, idx, offset):
     return _fuse_channels_composite(x, y, scores, idx, offset)
 
 
-def _check_chain(x, weights, biases, meta):
+def _check_chain(x, weights, biases, meta, scale):
     """The C++ kernel's checks, for the composite and the fake."""
     torch._check(
         x.dim() == 4 and len(weights) >= 1 and len(biases) == len(weights)
@@ -249,12 +256,16 @@ def _check_chain(x, weights, biases, meta):
             f'{pad_w}) and dilation ({dil_h}, {dil_w}) must keep the size '
             f'of the map, act must be 0, 1 or 2, got {act}')
         channels = w.shape[0]
+    torch._check(
+        scale is None or tuple(scale.shape) == (x.shape[0], channels),
+        lambda: 'mmmod::conv_chain: scale must have shape '
+        f'({x.shape[0]}, {channels}), got {tuple(scale.shape)}')
 
 
-def _conv_chain(x, weights, biases, meta, residual, final_act):
-    _check_chain(x, weights, biases, meta)
+def _conv_chain(x, weights, biases, meta, residual, final_act, scale=None):
+    _check_chain(x, weights, biases, meta, scale)
     return _conv_chain_composite(x, weights, biases, meta, residual,
-                                 final_act)
+                                 final_act, scale)
 
 
 # every device's kernel, but for CPU's when mmmod._ext is built
@@ -307,8 +318,9 @@ def _fuse_channels_fake(x, y, scores, idx, offset):
 
 
 @_register_fake('mmmod::conv_chain')
-def _conv_chain_fake(x, weights, biases, meta, residual, final_act):
-    _check_chain(x, weights, biases, meta)
+def _conv_chain_fake(x, weights, biases, meta, residual, final_act,
+                     scale=None):
+    _check_chain(x, weights, biases, meta, scale)
     n, _, h, w = x.shape
     return torch.empty((n, weights[-1].shape[0], h, w), dtype=x.dtype,
                        device=x.device, memory_format=_layout(x))
@@ -405,23 +417,23 @@ def fuse_channels(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
 def fuse_channels_(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
                    offset: int) -> Tensor:
     """What :func:`fuse_channels` computes, added into ``x`` (the inference
-    form); returns ``x``. One standard in-place op, not a registered op:
-    ``index_add_`` onto the channels ``offset .. offset + k - 1`` (or
-    ``scatter_add_`` back at ``idx``). Eager runs it on the ``k`` channels
-    alone; inductor fuses it into one loop over those channels, in the
-    map's buffer and layout (a slice add would make it a masked pass over
-    the whole map, and a mutating custom op a copy of channels-last maps
-    under freezing); the ONNX export is one ScatterElements
-    (:mod:`mmmod.deployment.onnx`)."""
-    y = y.to(x.dtype) * scores.to(x.dtype)[:, :, None, None]
+    form); returns ``x``: :func:`add_channels_` of ``y * scores``."""
+    return add_channels_(x, y.to(x.dtype) * scores.to(x.dtype)[:, :, None,
+                                                                 None],
+                         idx, offset)
+
+
+def add_channels_(x: Tensor, y: Tensor, idx: Tensor, offset: int) -> Tensor:
+    """Adds ``y`` (N, k, H, W), already scaled by the scores, into ``k``
+    channels of ``x`` (as :func:`fuse_channels`' ``offset``); returns ``x``.
+    One standard in-place op, not a registered op: ``index_add_`` onto the
+    channels ``offset .. offset + k - 1`` (or ``scatter_add_`` back at
+    ``idx``). Eager runs it on the ``k`` channels alone; inductor fuses it
+    into one loop over those channels, in the map's buffer and layout (a
+    slice add would make it a masked pass over the whole map, and a mutating
+    custom op a copy of channels-last maps under freezing); the ONNX export
+    is one ScatterElements (:mod:`mmmod.deployment.onnx`)."""
     if offset < 0:
         return x.scatter_add_(1, _expand(idx, x), y)
     targets = torch.arange(offset, offset + y.shape[1], device=x.device)
     return x.index_add_(1, targets, y)
-
-
-def conv_chain(x: Tensor, weights, biases, meta, residual: bool,
-               final_act: int) -> Tensor:
-    """``torch.ops.mmmod.conv_chain`` (see the module docstring)."""
-    return torch.ops.mmmod.conv_chain(x, weights, biases, meta, residual,
-                                      final_act)

@@ -15,7 +15,8 @@
 //                    channels (one copy of x, then the k channels).
 //   conv_chain:      a folded Conv-Block on a few channels (stride-1 convs,
 //                    each with bias and optional ReLU / ReLU6, an optional
-//                    residual add and final activation) in one call: direct
+//                    residual add and final activation, optionally scaled
+//                    per sample and channel) in one call: direct
 //                    convolution, plane by plane. On k = 1..32 channels each
 //                    oneDNN call costs more than the arithmetic.
 #include <ATen/ATen.h>
@@ -417,7 +418,7 @@ template <typename T>
 void run_chain(const at::Tensor& x, at::TensorList weights,
                const std::vector<c10::optional<at::Tensor>>& biases,
                at::IntArrayRef meta, bool residual, int64_t final_act,
-               at::Tensor& out) {
+               const T* scale, at::Tensor& out) {
   const int64_t n = x.size(0), cin = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t hw = h * w, cout = out.size(1);
   const bool nchw = layout_of(x) == at::MemoryFormat::Contiguous;
@@ -448,6 +449,9 @@ void run_chain(const at::Tensor& x, at::TensorList weights,
       if (residual)
         for (int64_t i = 0; i < cout * hw; ++i) res[i] += in[i];
       activate(res, cout * hw, final_act);
+      if (scale)  // rounded after the activation, as the composite
+        for (int64_t j = 0; j < cout; ++j)
+          for (int64_t p = 0; p < hw; ++p) res[j * hw + p] *= scale[s * cout + j];
       T* o = op + s * cout * hw;
       if (nchw) {
         std::copy(res, res + cout * hw, o);
@@ -476,7 +480,8 @@ at::Tensor chain_with_aten(const at::Tensor& x,
                            const std::vector<at::Tensor>& weights,
                            const std::vector<c10::optional<at::Tensor>>& biases,
                            at::IntArrayRef meta, bool residual,
-                           int64_t final_act) {
+                           int64_t final_act,
+                           const c10::optional<at::Tensor>& scale) {
   at::Tensor y = x;
   for (size_t l = 0; l < weights.size(); ++l) {
     const int64_t* m = meta.data() + l * kMeta;
@@ -484,13 +489,15 @@ at::Tensor chain_with_aten(const at::Tensor& x,
                              {m[2], m[3]}, m[4]),
                   m[5]);
   }
-  return activated(residual ? y + x : y, final_act);
+  y = activated(residual ? y + x : y, final_act);
+  return scale ? y * scale->unsqueeze(-1).unsqueeze(-1) : y;
 }
 
 at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
                           at::TensorList biases_any,
                           at::IntArrayRef meta, bool residual,
-                          int64_t final_act) {
+                          int64_t final_act,
+                          const c10::optional<at::Tensor>& scale_any) {
   check_map(x_any, "conv_chain", "x");
   const int64_t layers = static_cast<int64_t>(weights_any.size());
   TORCH_CHECK(layers >= 1 &&
@@ -533,13 +540,23 @@ at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
               channels);
   TORCH_CHECK(0 <= final_act && final_act <= 2, "mmmod::conv_chain: ",
               "final_act must be 0, 1 or 2, got ", final_act);
+  TORCH_CHECK(!scale_any || (scale_any->dim() == 2 &&
+                             scale_any->size(0) == x.size(0) &&
+                             scale_any->size(1) == channels),
+              "mmmod::conv_chain: scale must have shape (", x.size(0), ", ",
+              channels, "), got ", scale_any ? scale_any->sizes()
+                                             : at::IntArrayRef{});
+  c10::optional<at::Tensor> scale;
+  if (scale_any) scale = scale_any->to(x.scalar_type()).contiguous();
   if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble)
-    return chain_with_aten(x, weights, biases, meta, residual, final_act)
+    return chain_with_aten(x, weights, biases, meta, residual, final_act,
+                           scale)
         .contiguous(format);
   auto out = at::empty({x.size(0), channels, x.size(2), x.size(3)},
                        x.options().memory_format(format));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_chain", [&] {
-    run_chain<scalar_t>(x, weights, biases, meta, residual, final_act, out);
+    run_chain<scalar_t>(x, weights, biases, meta, residual, final_act,
+                        scale ? scale->data_ptr<scalar_t>() : nullptr, out);
   });
   return out;
 }
