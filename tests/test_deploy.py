@@ -181,6 +181,65 @@ def test_conv_chain_has_its_cpu_kernel():
         'mmmod::conv_chain', 'CPU')
 
 
+def deployed_chain_block(fusion, layout, dtype, seed=0):
+    torch.manual_seed(seed)
+    block = MoDBlock(32, lambda k: nn.Sequential(
+        nn.Conv2d(k, 2, 1), nn.BatchNorm2d(2), nn.ReLU(),
+        nn.Conv2d(2, k, 3, padding=1)), c=4, fusion=fusion, reduction=4)
+    block = randomise_norms(block).to(dtype).eval().switch_to_deploy()
+    assert isinstance(block.block, ConvChain)
+    return block
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('n', [1, 3])
+def test_the_one_call_block_equals_its_steps(fusion, layout, dtype, n):
+    """``mmmod::mod_block_`` (a deployed block with a chain, one call) is
+    its steps to the bit: the Python composite, which calls the same ops
+    one by one; it writes x and returns it."""
+    block = deployed_chain_block(fusion, layout, dtype)
+    fc1, fc2 = block.selector.fc1, block.selector.fc2
+    x = torch.randn(n, 32, 5, 7, dtype=dtype)
+    x = x.contiguous(memory_format=CL) if layout == 'channels_last' else x
+    args = (fc1.weight, fc1.bias, fc2.weight, fc2.bias, block.k,
+            *block.block.arguments(), block._fusion_offset)
+    with torch.no_grad():
+        want = ops._mod_block_(x.clone(), *args)
+        got = x.clone()
+        ran = op_counts(lambda: torch.ops.mmmod.mod_block_(got, *args))
+        out = torch.ops.mmmod.mod_block_(x, *args)
+        assert out is x
+        assert torch.equal(x, want) and torch.equal(got, want)
+        assert torch.equal(block(x.clone()), ops._mod_block_(x.clone(),
+                                                             *args))
+    # the steps ran inside the one call: the chain scaled, no mul of its own
+    assert ran['mmmod::mod_block_'] == 1
+    assert ran['mmmod::select_channels'] == ran['mmmod::conv_chain'] == 1
+    assert 'aten::mul' not in ran
+
+
+@needs_ext
+def test_the_one_call_block_is_cpp_and_traces_as_its_steps():
+    """Its kernel is C++ (CompositeImplicitAutograd: eager has no Python
+    between the steps); traced graphs (torch.compile's, torch.export's
+    decomposed) hold the steps, so inductor fuses the means and the add as
+    for separate calls."""
+    composite = [line for line in torch._C._dispatch_dump(
+        'mmmod::mod_block_').splitlines()
+        if line.startswith('CompositeImplicitAutograd')]
+    assert len(composite) == 1 and 'ops.cpp' in composite[0], composite
+    block = deployed_chain_block('first-k', 'contiguous', torch.float32)
+    x = torch.randn(2, 32, 5, 7)
+    with torch.no_grad():
+        graph = torch.export.export(block, (x, )).run_decompositions().graph
+    targets = {str(n.target) for n in graph.nodes if n.op == 'call_function'}
+    assert {'mmmod.select_channels.default',
+            'mmmod.conv_chain.default'} <= targets
+    assert not any('mod_block' in t for t in targets), targets
+
+
 @needs_opcheck
 def test_opcheck_of_conv_chain():
     args = chain_case(3, 'contiguous')
@@ -226,9 +285,10 @@ def test_inference_form_equals_the_training_form(kind, fusion, layout):
         ran = op_counts(lambda: deployed(x.clone()))
         skip = op_counts(lambda: skip_mod_blocks(deployed)(x.clone()))
         out = outputs(deployed, x.clone())
-    assert ran['mmmod::conv_chain'] == len(blocks)
+    # each block one call, its Conv-Block one chain call that multiplies
+    # by the scores (each fusion is its add alone)
+    assert ran['mmmod::mod_block_'] == ran['mmmod::conv_chain'] == len(blocks)
     assert 'mmmod::fuse_channels' not in ran  # (the new map's copy)
-    # the chains multiply by the scores: each fusion is its add alone
     assert ran.get('aten::mul', 0) == skip.get('aten::mul', 0)
     # the Conv-Blocks run no convolution of their own
     assert ran['aten::convolution'] == skip['aten::convolution']
@@ -529,6 +589,7 @@ def test_compiled_inference_form_equals_eager(options):
     # inlined into the graph)
     blocks = len(mod_blocks(model))
     assert ran['mmmod::conv_chain'] == ran['mmmod::select_channels'] == blocks
+    assert 'mmmod::mod_block_' not in ran  # (its steps are in the graph)
 
 
 @pytest.mark.parametrize('fusion', FUSIONS)

@@ -259,6 +259,13 @@ def test_without_the_extension_in_a_subprocess():
                 want = _fuse_channels_composite(x, block.block(x_k), s, idx,
                                                 block._fusion_offset)
                 assert torch.equal(block(x), want)
+                # the inference form's one call, in Python
+                block.switch_to_deploy()
+                torch.testing.assert_close(block(x.clone()), want)
+        composite, = [line for line in torch._C._dispatch_dump(
+            'mmmod::mod_block_').splitlines()
+            if line.startswith('CompositeImplicitAutograd')]
+        assert 'ops.py' in composite and 'ops.cpp' not in composite
         print('ok')
     ''')
     env = dict(os.environ, MMMOD_WITH_EXT='0')

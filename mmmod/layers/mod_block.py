@@ -25,10 +25,10 @@ The inference form is an explicit one-way conversion,
 :meth:`MoDBlock.switch_to_deploy` (or ``deploy=True`` at construction, to
 rebuild a converted model): the Conv-Block's BN folded into its convs, the
 Conv-Block run as one ``mmmod::conv_chain`` call (which also multiplies by
-the scores) where it is a plain chain of convs on few channels, and the
-result added into ``x`` in place (:func:`~mmmod.layers.ops.add_channels_`):
-like ``nn.ReLU(inplace=True)``, a deployed block writes its input and
-returns it. It runs without autograd
+the scores) where it is a plain chain of convs on few channels, the whole
+block then one ``mmmod::mod_block_`` call, and the result added into ``x``
+in place: like ``nn.ReLU(inplace=True)``, a deployed block writes its input
+and returns it. It runs without autograd
 only.
 """
 import inspect
@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .ops import (add_channels_, channel_means, fuse_channels,
-                  fuse_channels_, select_channels, selector_logits)
+from .ops import (channel_means, fuse_channels, fuse_channels_,
+                  select_channels, selector_logits)
 
 FUSIONS = ('first-k', 'last-k', 'original')
 
@@ -208,14 +208,17 @@ class MoDBlock(nn.Module):
                 'has no autograd; run it under torch.no_grad() or '
                 'torch.inference_mode(), or train the model built without '
                 'deploy')
+        chain = self.block
+        if isinstance(chain, ConvChain):
+            # the steps below in one call, the chain times the scores
+            # (eager: no Python between them; traced graphs: the steps)
+            fc1, fc2 = self.selector.fc1, self.selector.fc2
+            return torch.ops.mmmod.mod_block_(
+                x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.k,
+                *chain.arguments(), self._fusion_offset)
         x_k, scores, idx = self._select_channels(x)
-        if not isinstance(self.block, ConvChain):
-            return fuse_channels_(x, self.block(x_k), scores, idx,
-                                  self._fusion_offset)
-        # the chain multiplies by the scores in its last pass: the fusion
-        # is one add (a mul and its ATen calls fewer, in eager)
-        return add_channels_(x, self.block(x_k, scores).to(x.dtype), idx,
-                             self._fusion_offset)
+        return fuse_channels_(x, self.block(x_k), scores, idx,
+                              self._fusion_offset)
 
     def switch_to_deploy(self) -> 'MoDBlock':
         """Turns the block into its inference form, for good (as RepVGG's
@@ -225,8 +228,9 @@ class MoDBlock(nn.Module):
         a Conv-Block that is then a plain chain of stride-1 convs and
         ReLU / ReLU6 (with at most a residual add of its input) on few
         channels becomes a :class:`ConvChain` (one ``mmmod::conv_chain``
-        call, which multiplies by the scores too); and the forward adds
-        into ``x`` in place (:func:`~mmmod.layers.ops.fuse_channels_`, or
+        call, which multiplies by the scores too, and the whole block one
+        ``mmmod::mod_block_`` call); and the forward adds into ``x`` in
+        place (:func:`~mmmod.layers.ops.fuse_channels_`, or
         :func:`~mmmod.layers.ops.add_channels_` of the chain's scaled
         output) and returns ``x``. The parameters stop requiring
         gradients.
@@ -384,12 +388,16 @@ class ConvChain(nn.Module):
     def forward(self, x: Tensor, scale: Optional[Tensor] = None) -> Tensor:
         """The chain on ``x``, its output times ``scale`` (N, C_out) if
         given."""
+        return torch.ops.mmmod.conv_chain(x, *self.arguments(), scale)
+
+    def arguments(self) -> tuple:
+        """``conv_chain``'s arguments after ``x``: weights, biases, meta,
+        residual, final_act."""
         # a ParameterList's entries, in order, without its __iter__ (4 us
         # a list, per block and forward)
-        return torch.ops.mmmod.conv_chain(
-            x, list(self.weight._parameters.values()),
-            list(self.bias._parameters.values()), self.meta, self.residual,
-            self.final_act, scale)
+        return (list(self.weight._parameters.values()),
+                list(self.bias._parameters.values()), self.meta,
+                self.residual, self.final_act)
 
     @property
     def macs_per_pixel(self) -> int:

@@ -45,7 +45,10 @@ def select_channels(g, x, means, w1, b1, w2, b2, k):
 
 @sh.parse_args('v', 'v', 'v', 'v', 'i')
 def fuse_channels(g, x, y, scores, idx, offset):
-    k = sh._get_tensor_dim_size(y, 1)
+    return _fuse(g, x, y, scores, idx, offset, sh._get_tensor_dim_size(y, 1))
+
+
+def _fuse(g, x, y, scores, idx, offset, k):
     y = g.op('Mul', y, sh._unsqueeze_helper(g, scores, [2, 3]))
     if offset >= 0:  # channels offset .. offset + k - 1 of every sample
         size = g.op('Concat', sh._slice_helper(
@@ -90,7 +93,30 @@ def conv_chain(g, x, weights, biases, meta, residual, final_act, scale=None):
     return g.op('Mul', y, sh._unsqueeze_helper(g, scale, [2, 3]))
 
 
+def _channel_means(g, x):
+    """ops.channel_means: ReduceSum, then Div by H * W."""
+    hw = g.op('ReduceProd', sh._slice_helper(g, g.op('Shape', x), axes=[0],
+                                             starts=[2], ends=[4]),
+              keepdims_i=0)
+    dtype = sh._type_utils.JitScalarType.from_value(x).onnx_type()
+    return g.op('Div', sh._reducesum_helper(g, x, axes_i=[2, 3], keepdims_i=0),
+                g.op('Cast', hw, to_i=dtype))
+
+
+@sh.parse_args('v', 'v', 'v', 'v', 'v', 'i', 'v', 'v', 'is', 'b', 'i', 'i')
+def mod_block_(g, x, w1, b1, w2, b2, k, weights, biases, meta, residual,
+               final_act, offset):
+    """The inference form's block: its steps' forms in a row (the chain's
+    output scaled in the fusion's Mul)."""
+    x_k, scores, idx = select_channels(g, x, _channel_means(g, x), w1, b1,
+                                       w2, b2, k)
+    return _fuse(g, x, conv_chain(g, x_k, weights, biases, meta, residual,
+                                  final_act), scores, idx, offset, k)
+
+
 for _name, _fn in (('select_channels', select_channels),
                    ('fuse_channels', fuse_channels),
-                   ('conv_chain', conv_chain)):
+                   ('conv_chain', conv_chain),
+                   # (the exporter's in-place pass names it without the _)
+                   ('mod_block', mod_block_)):
     torch.onnx.register_custom_op_symbolic(f'mmmod::{_name}', _fn, OPSET)

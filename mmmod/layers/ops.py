@@ -25,6 +25,16 @@ The inference form (:meth:`mmmod.layers.MoDBlock.switch_to_deploy`) adds:
     the inference form passes the scores, so that the fusion is one add.
     Not differentiable. The CPU kernel
     computes float32 and float64 directly, other dtypes with ATen's convs.
+``mod_block_(x, w1, b1, w2, b2, k, weights, biases, meta, residual,
+final_act, offset) -> x``
+    A deployed MoD block whose Conv-Block is a chain, in one call: the
+    channel means, ``select_channels``, ``conv_chain`` times the scores and
+    :func:`add_channels_` into ``x``. A CompositeImplicitAutograd op (C++
+    where the extension is built, :func:`_mod_block_` otherwise): eager runs
+    its steps with no Python between them, and traced graphs
+    (``torch.compile``, ``torch.export``) hold the steps themselves, so it
+    needs no fake, inductor or ONNX form of its own (but a TorchScript
+    symbolic, :mod:`mmmod.layers.onnx_symbolic`).
 
 Each op has, here or in ``csrc/ops.cpp``:
 
@@ -95,6 +105,12 @@ _define('fuse_channels(Tensor x, Tensor y, Tensor scores, Tensor idx, '
 _define('conv_chain(Tensor x, Tensor[] weights, Tensor[] biases, '
         'int[] meta, bool residual, int final_act, Tensor? scale=None) '
         '-> Tensor')
+
+# the inference form of a MoD block with a chain Conv-Block, the steps above
+# in one call (CompositeImplicitAutograd: traced graphs see the steps)
+_define('mod_block_(Tensor(a!) x, Tensor w1, Tensor? b1, Tensor w2, '
+        'Tensor? b2, int k, Tensor[] weights, Tensor[] biases, int[] meta, '
+        'bool residual, int final_act, int offset) -> Tensor(a!)')
 
 _ext = None
 # MMMOD_WITH_EXT=0 (as for setup.py): run without the C++ kernels even where
@@ -391,9 +407,19 @@ def _register_autograd(name, backward, setup_context):
     _lib.impl(name, Function.apply, 'Autograd')
 
 
-if not HAS_EXT:  # the extension registers the same autograd in C++
+def _mod_block_(x, w1, b1, w2, b2, k, weights, biases, meta, residual,
+                final_act, offset):
+    x_k, scores, idx = torch.ops.mmmod.select_channels(
+        x, channel_means(x), w1, b1, w2, b2, k)
+    y = torch.ops.mmmod.conv_chain(x_k, weights, biases, meta, residual,
+                                   final_act, scores)
+    return add_channels_(x, y.to(x.dtype), idx, offset)
+
+
+if not HAS_EXT:  # the extension registers the same in C++
     _register_autograd('select_channels', _select_backward, _select_setup)
     _register_autograd('fuse_channels', _fuse_backward, _fuse_setup)
+    _lib.impl('mod_block_', _mod_block_, 'CompositeImplicitAutograd')
 
 
 def select_channels(x: Tensor, w1: Tensor, b1, w2: Tensor, b2,

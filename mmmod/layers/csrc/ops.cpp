@@ -684,7 +684,55 @@ SelectOutputs select_channels_autograd(const at::Tensor& x,
   return {out[0], out[1], out[2]};
 }
 
+// The inference form of a MoD block whose Conv-Block is a chain, in one call:
+// the channel means, select_channels, conv_chain times the scores, and the
+// add into x's target channels (ops.py's _mod_block_, the same ops). A
+// CompositeImplicitAutograd kernel: eager runs the steps without Python
+// between them (in a network at batch 1 the Python between the steps cost
+// ~0.1 ms a block: its code and objects start cold, like the ops' data);
+// traced graphs (torch.compile, torch.export) get the steps themselves.
+at::Tensor& mod_block_(at::Tensor& x, const at::Tensor& w1,
+                       const c10::optional<at::Tensor>& b1,
+                       const at::Tensor& w2,
+                       const c10::optional<at::Tensor>& b2, int64_t k,
+                       at::TensorList weights, at::TensorList biases,
+                       at::IntArrayRef meta, bool residual, int64_t final_act,
+                       int64_t offset) {
+  static auto select =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mmmod::select_channels", "")
+          .typed<SelectOutputs(const at::Tensor&, const at::Tensor&,
+                               const at::Tensor&,
+                               const c10::optional<at::Tensor>&,
+                               const at::Tensor&,
+                               const c10::optional<at::Tensor>&, int64_t)>();
+  static auto chain =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mmmod::conv_chain", "")
+          .typed<at::Tensor(const at::Tensor&, at::TensorList, at::TensorList,
+                            at::IntArrayRef, bool, int64_t,
+                            const c10::optional<at::Tensor>&)>();
+  check_map(x, "mod_block_", "x");
+  // ops.py's channel_means: a sum (in float32 for half types), a division
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto means =
+      at::div(x.sum({2, 3}, /*keepdim=*/false, acc),
+              c10::Scalar(x.sym_size(2) * x.sym_size(3)))
+          .to(x.scalar_type());
+  auto [x_k, scores, idx] = select.call(x, means, w1, b1, w2, b2, k);
+  const auto y = chain.call(x_k, weights, biases, meta, residual, final_act,
+                            scores)
+                     .to(x.scalar_type());
+  if (offset < 0) return x.scatter_add_(1, expand_to(idx, x), y);
+  return x.index_add_(
+      1, at::arange(offset, offset + k, x.options().dtype(at::kLong)), y);
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(mmmod, CompositeImplicitAutograd, m) {
+  m.impl("mod_block_", &mod_block_);
+}
 
 TORCH_LIBRARY_IMPL(mmmod, Autograd, m) {
   m.impl("select_channels", &select_channels_autograd);
