@@ -451,7 +451,8 @@ void run_chain(const at::Tensor& x, at::TensorList weights,
       activate(res, cout * hw, final_act);
       if (scale)  // rounded after the activation, as the composite
         for (int64_t j = 0; j < cout; ++j)
-          for (int64_t p = 0; p < hw; ++p) res[j * hw + p] *= scale[s * cout + j];
+          for (int64_t p = 0; p < hw; ++p)
+            res[j * hw + p] *= scale[s * cout + j];
       T* o = op + s * cout * hw;
       if (nchw) {
         std::copy(res, res + cout * hw, o);
