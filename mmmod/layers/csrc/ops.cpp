@@ -575,22 +575,29 @@ at::Tensor expand_to(const at::Tensor& idx, const at::Tensor& t) {
 // autograd (inference, validation) costs a check, not torch.library's
 // Python autograd kernel (~40 us a call in a network at batch 1); the
 // Python forms serve installs without this extension.
+using SelectSignature = SelectOutputs(const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&,
+                                      const c10::optional<at::Tensor>&,
+                                      const at::Tensor&,
+                                      const c10::optional<at::Tensor>&,
+                                      int64_t);
+
+// mmmod::select_channels in the dispatcher
+const c10::TypedOperatorHandle<SelectSignature>& select_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mmmod::select_channels", "")
+                             .typed<SelectSignature>();
+  return op;
+}
+
 struct SelectChannels : public torch::autograd::Function<SelectChannels> {
   static torch::autograd::variable_list forward(
       torch::autograd::AutogradContext* ctx, const at::Tensor& x,
       const at::Tensor& means, const at::Tensor& w1,
       const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
       const c10::optional<at::Tensor>& b2, int64_t k) {
-    static auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("mmmod::select_channels", "")
-            .typed<SelectOutputs(const at::Tensor&, const at::Tensor&,
-                                 const at::Tensor&,
-                                 const c10::optional<at::Tensor>&,
-                                 const at::Tensor&,
-                                 const c10::optional<at::Tensor>&, int64_t)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [x_k, scores, idx] = op.call(x, means, w1, b1, w2, b2, k);
+    auto [x_k, scores, idx] = select_op().call(x, means, w1, b1, w2, b2, k);
     ctx->saved_data["channels_last"] =
         layout_of(x) == at::MemoryFormat::ChannelsLast;
     ctx->saved_data["has_b1"] = b1.has_value() && b1->defined();
@@ -699,14 +706,6 @@ at::Tensor& mod_block_(at::Tensor& x, const at::Tensor& w1,
                        at::TensorList weights, at::TensorList biases,
                        at::IntArrayRef meta, bool residual, int64_t final_act,
                        int64_t offset) {
-  static auto select =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("mmmod::select_channels", "")
-          .typed<SelectOutputs(const at::Tensor&, const at::Tensor&,
-                               const at::Tensor&,
-                               const c10::optional<at::Tensor>&,
-                               const at::Tensor&,
-                               const c10::optional<at::Tensor>&, int64_t)>();
   static auto chain =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("mmmod::conv_chain", "")
@@ -720,7 +719,7 @@ at::Tensor& mod_block_(at::Tensor& x, const at::Tensor& w1,
       at::div(x.sum({2, 3}, /*keepdim=*/false, acc),
               c10::Scalar(x.sym_size(2) * x.sym_size(3)))
           .to(x.scalar_type());
-  auto [x_k, scores, idx] = select.call(x, means, w1, b1, w2, b2, k);
+  auto [x_k, scores, idx] = select_op().call(x, means, w1, b1, w2, b2, k);
   const auto y = chain.call(x_k, weights, biases, meta, residual, final_act,
                             scores)
                      .to(x.scalar_type());
