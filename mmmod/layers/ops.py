@@ -444,9 +444,8 @@ def fuse_channels_(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
                    offset: int) -> Tensor:
     """What :func:`fuse_channels` computes, added into ``x`` (the inference
     form); returns ``x``: :func:`add_channels_` of ``y * scores``."""
-    return add_channels_(x, y.to(x.dtype) * scores.to(x.dtype)[:, :, None,
-                                                                 None],
-                         idx, offset)
+    y = y.to(x.dtype) * scores.to(x.dtype)[:, :, None, None]
+    return add_channels_(x, y, idx, offset)
 
 
 def add_channels_(x: Tensor, y: Tensor, idx: Tensor, offset: int) -> Tensor:
