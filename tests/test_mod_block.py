@@ -276,3 +276,57 @@ def test_autocast_on_a_float32_map(fusion):
             out = block(x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, reference, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('stride, ksize, cin, cout, bias', [
+    (1, 3, 1, 1, True), (2, 3, 2, 2, False), (1, 1, 4, 1, True),
+    (1, 1, 1, 4, False)])
+def test_few_channel_convs_train_through_im2col(layout, stride, ksize, cin,
+                                                cout, bias):
+    """A Conv-Block's convolution on few channels is a FewChannelConv2d:
+    in training mode on CPU it runs ATen's im2col + GEMM (not oneDNN), with
+    nn.Conv2d's output and gradients; in eval mode nn.Conv2d's own path."""
+    import copy
+
+    from torch.profiler import profile
+
+    from mmmod.layers.mod_block import FewChannelConv2d, few_channel_convs
+    torch.manual_seed(0)
+    ref = nn.Conv2d(cin, cout, ksize, stride, ksize // 2, bias=bias)
+    conv = few_channel_convs(copy.deepcopy(ref))
+    assert type(conv) is FewChannelConv2d
+    assert conv.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(3, cin, 9, 11)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    with profile() as prof:
+        out = conv(xs[0])
+    ran = {e.key for e in prof.key_averages()}
+    want = ref(xs[1])
+    g = torch.randn_like(want)
+    out.backward(g)
+    want.backward(g)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-4,
+                               atol=1e-4)
+    # the fast path ran where it serves (NCHW; a one-channel map is both),
+    # oneDNN's elsewhere
+    assert ('aten::thnn_conv2d' in ran) == x.is_contiguous(), ran
+    conv.eval()
+    with profile() as prof, torch.no_grad():
+        conv(x)
+    assert 'aten::thnn_conv2d' not in {e.key for e in prof.key_averages()}
+
+
+def test_only_few_channel_convs_of_the_conv_block_change():
+    from mmmod.layers.mod_block import FewChannelConv2d
+    narrow = MoDBlock(64, lambda k: nn.Sequential(
+        nn.Conv2d(k, k, 3, padding=1), nn.Conv2d(k, k, 3, padding=1,
+                                                 groups=k)), c=16)
+    assert type(narrow.block[0]) is FewChannelConv2d  # 4 x 4 x 3 x 3
+    assert type(narrow.block[1]) is nn.Conv2d  # grouped: oneDNN's
+    wide = MoDBlock(64, conv_block, c=2)  # 32 x 32 x 3 x 3
+    assert type(wide.block[0]) is nn.Conv2d

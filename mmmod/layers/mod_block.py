@@ -125,6 +125,69 @@ class ChannelSelector(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled('cpu')
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+class FewChannelConv2d(nn.Conv2d):
+    """A Conv-Block's ``nn.Conv2d`` on few channels: the same module (same
+    parameters, state dict and hooks), whose training forward on CPU runs
+    ATen's im2col + GEMM convolution (``thnn_conv2d``) instead of oneDNN.
+
+    On a few channels oneDNN costs far more than the arithmetic, most of all
+    in the backward: forward and backward of a 3x3 convolution on
+    8 x 1 x 56 x 56 took 2.7 ms against 0.34 ms, a 1x1 from 1 to 4 channels
+    at batch 32 10.5 ms against 0.2 ms (2-core AMD EPYC; docs/speed.md).
+    Only in training mode, on contiguous float32 or float64 CPU tensors
+    without autocast; everything else (channels-last maps, eval, export,
+    ``torch.compile`` of an eval model, CUDA) is ``nn.Conv2d``'s own
+    forward. :func:`few_channel_convs` chooses the convolutions.
+    """
+
+    #: im2col + GEMM is the faster up to this many multiply-adds a pixel
+    MAX_MACS_PER_PIXEL = 256
+
+    def _conv_forward(self, input: Tensor, weight: Tensor,
+                      bias: Optional[Tensor]) -> Tensor:
+        # in training mode, whatever the grad mode: activation checkpointing
+        # recomputes under grad what it first ran without
+        if (self.training and input.device.type == 'cpu'
+                and input.dtype in (torch.float32, torch.float64)
+                and weight.dtype == input.dtype and not _autocast_on_cpu()
+                # (its channels-last backward fails: "grad_weight must be
+                # contiguous")
+                and input.is_contiguous() and weight.is_contiguous()):
+            return torch._C._nn.thnn_conv2d(input, weight, self.kernel_size,
+                                            bias, self.stride, self.padding)
+        return super()._conv_forward(input, weight, bias)
+
+    @classmethod
+    def fits(cls, conv: nn.Module) -> bool:
+        """Whether ``conv`` is a plain ``nn.Conv2d`` that im2col serves."""
+        return (type(conv) is nn.Conv2d and conv.groups == 1
+                and conv.dilation == (1, 1) and conv.padding_mode == 'zeros'
+                and not isinstance(conv.padding, str)
+                and conv.weight[0].numel() * conv.out_channels <=
+                cls.MAX_MACS_PER_PIXEL)
+
+
+def few_channel_convs(block: nn.Module) -> nn.Module:
+    """Makes each plain ``nn.Conv2d`` of ``block`` that
+    :meth:`FewChannelConv2d.fits` a :class:`FewChannelConv2d`, in place (its
+    class: the parameters, buffers and hooks stay); returns ``block``."""
+    for m in block.modules():
+        if FewChannelConv2d.fits(m):
+            m.__class__ = FewChannelConv2d
+    return block
+
+
+#: the convolutions BN folds into and a ConvChain takes
+_PLAIN_CONVS = (nn.Conv2d, FewChannelConv2d)
+
+
 class MoDBlock(nn.Module):
     """Runs ``block`` on the top-k channels of ``x`` and adds the result back.
 
@@ -172,7 +235,7 @@ class MoDBlock(nn.Module):
             'last-k': channels - self.k
         }.get(fusion, -1)
         self.selector = ChannelSelector(channels, reduction)
-        self.block = block(self.k)
+        self.block = few_channel_convs(block(self.k))
         self.deploy = False
         if deploy:
             self.eval()._to_deploy()
@@ -307,7 +370,7 @@ def fold_conv_bn(module: nn.Module, strict: bool = True) -> nn.Module:
         # eval: its running statistics
         if (isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm))
                 and type(bn).forward in _BN_FORWARDS
-                and bn.track_running_stats and type(conv) is nn.Conv2d):
+                and bn.track_running_stats and type(conv) in _PLAIN_CONVS):
             _set_submodule(module, conv_node.target,
                            fuse_conv_bn_eval(conv, bn))
             _set_submodule(module, node.target, nn.Identity())
@@ -454,7 +517,7 @@ class ConvChain(nn.Module):
                 residual = True
             elif node.args != (cur, ):
                 return None
-            elif target is nn.Conv2d:
+            elif target in _PLAIN_CONVS:
                 conv = block.get_submodule(node.target)
                 if residual or not _same_size_conv(conv):
                     return None
