@@ -171,6 +171,7 @@ def test_stage_with_dcn_reaches_mod_conv_blocks():
         depth=50, stage_with_dcn=(False, True, True, True),
         dcn=dict(type='DCN', deform_groups=1, fallback_on_stride=False))
     assert not isinstance(model.layer1[1].block.conv2, DeformConv2dPack)
+    assert isinstance(model.layer1[1].block.conv2, torch.nn.Conv2d)
     assert isinstance(model.layer2[1].block.conv2, DeformConv2dPack)
     assert model.layer2[1].block.conv2.in_channels == 512 // 64 // 4
 

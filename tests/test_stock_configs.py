@@ -95,7 +95,9 @@ def det_data(with_mask):
 
 def check_dcn(backbone):
     from mmcv.ops import DeformConv2dPack
-    assert type(backbone.layer1[1].block.conv2) is torch.nn.Conv2d
+    # (stage 1 has no DCN: a plain conv, FewChannelConv2d on its 1 channel)
+    assert not isinstance(backbone.layer1[1].block.conv2, DeformConv2dPack)
+    assert isinstance(backbone.layer1[1].block.conv2, torch.nn.Conv2d)
     for stage in (backbone.layer2, backbone.layer3, backbone.layer4):
         assert isinstance(stage[1].block.conv2, DeformConv2dPack)
         assert isinstance(stage[0].conv2, DeformConv2dPack)

@@ -200,7 +200,9 @@ class MoDBlock(nn.Module):
     Args:
         channels: C, the channels of the input and the output.
         block: builds the Conv-Block for ``k`` channels: ``block(k)`` must
-            return a module mapping (N, k, H, W) to (N, k, H, W).
+            return a module mapping (N, k, H, W) to (N, k, H, W). Its plain
+            convolutions on few channels become :class:`FewChannelConv2d`
+            (training on CPU through im2col, not oneDNN).
         c: capacity divisor; ``k = channels // c`` channels are processed.
         fusion: where the processed channels are added: ``'first-k'``
             (channels 0..k-1, the paper's best), ``'last-k'`` (C-k..C-1) or
