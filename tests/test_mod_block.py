@@ -1,9 +1,13 @@
 """The MoD block: selection, fusion, gradients, static graph, bad input."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
+from torch.profiler import profile
 
-from mmmod.layers import (FUSIONS, ChannelSelector, ConvChain, MoDBlock,
+from mmmod.layers import (FUSIONS, ChannelSelector, ConvChain,
+                          FewChannelConv2d, MoDBlock, few_channel_convs,
                           is_mod_position, mod_channels, switch_to_deploy)
 
 
@@ -287,11 +291,6 @@ def test_few_channel_convs_train_through_im2col(layout, stride, ksize, cin,
     """A Conv-Block's convolution on few channels is a FewChannelConv2d:
     in training mode on CPU it runs ATen's im2col + GEMM (not oneDNN), with
     nn.Conv2d's output and gradients; in eval mode nn.Conv2d's own path."""
-    import copy
-
-    from torch.profiler import profile
-
-    from mmmod.layers.mod_block import FewChannelConv2d, few_channel_convs
     torch.manual_seed(0)
     ref = nn.Conv2d(cin, cout, ksize, stride, ksize // 2, bias=bias)
     conv = few_channel_convs(copy.deepcopy(ref))
@@ -322,7 +321,6 @@ def test_few_channel_convs_train_through_im2col(layout, stride, ksize, cin,
 
 
 def test_only_few_channel_convs_of_the_conv_block_change():
-    from mmmod.layers.mod_block import FewChannelConv2d
     narrow = MoDBlock(64, lambda k: nn.Sequential(
         nn.Conv2d(k, k, 3, padding=1), nn.Conv2d(k, k, 3, padding=1,
                                                  groups=k)), c=16)
