@@ -14,9 +14,10 @@ from mmmod.layers import MoDBlock
 from mmmod.models import ResNetMoD_CIFAR
 from mmmod.paper import SPEEDUPS
 from mmmod.utils.timing import (SPREAD_LIMIT, FloorBlock,
-                                   floor_mod_blocks, measure_latency,
-                                   measure_train_throughput, skip_mod_blocks,
-                                   spread_warning, summarise,
+                                   SelectionFloorBlock, floor_mod_blocks,
+                                   measure_latency, measure_train_throughput,
+                                   selection_floor_mod_blocks,
+                                   skip_mod_blocks, spread_warning, summarise,
                                    time_interleaved)
 
 benchmark_tool = tool('analysis/benchmark')
@@ -89,13 +90,45 @@ def test_floor_reads_the_map_and_adds_onto_k_channels():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+def test_floor_plus_selection_is_the_block_but_its_conv_block():
+    model = ResNetMoD_CIFAR(depth=18)
+    model.eval()
+    mod = [m for m in model.modules() if isinstance(m, MoDBlock)][1]
+    ref = selection_floor_mod_blocks(model)
+    blocks = [m for m in ref.modules() if isinstance(m, SelectionFloorBlock)]
+    assert len(blocks) == 4 and not any(
+        isinstance(m, MoDBlock) for m in ref.modules())
+    block = blocks[1]
+    # the MoD block's own selector (a copy, as the model is)
+    assert torch.equal(block.selector.fc1.weight, mod.selector.fc1.weight)
+    assert block.selector.fc1.weight is not mod.selector.fc1.weight
+    x = torch.randn(2, mod.channels, 8, 8)
+    before = x.clone()
+    scores, idx = mod.select(x)
+    k = block.k
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        out = block(x)
+    assert out is x
+    assert 'mmmod::select_channels' in {e.key for e in prof.key_averages()}
+    chosen = before.gather(1, idx[:, :, None, None].expand(-1, -1, 8, 8))
+    torch.testing.assert_close(
+        x[:, :k], before[:, :k] + chosen * scores[:, :, None, None])
+    assert torch.equal(x[:, k:], before[:, k:])
+    block.train()
+    x = before.clone().requires_grad_()
+    block(x).sum().backward()  # a new map; the selector trains
+    assert torch.equal(x.detach(), before)
+    assert block.selector.fc2.weight.grad.abs().sum() > 0
+
+
 def test_references_of_a_mod_model():
     from mmmod.layers import mod_blocks
     model = ResNetMoD_CIFAR(depth=18)
     model.eval()
     models = bench.with_references({'mod': model})
     assert list(models) == ['mod', 'mod' + bench.TRAIN_FORM,
-                            'mod' + bench.FLOOR, 'mod' + bench.SKIP]
+                            'mod' + bench.FLOOR, 'mod' + bench.SELECTION,
+                            'mod' + bench.SKIP]
     assert all(b.deploy for b in mod_blocks(models['mod']))
     assert models['mod' + bench.TRAIN_FORM] is model
     assert not any(b.deploy for b in mod_blocks(model))
@@ -105,6 +138,9 @@ def test_references_of_a_mod_model():
     torch.testing.assert_close(outs['mod'], outs['mod' + bench.TRAIN_FORM],
                                rtol=1e-5, atol=1e-5)
     assert not torch.allclose(outs['mod'], outs['mod' + bench.FLOOR])
+    assert not torch.allclose(outs['mod'], outs['mod' + bench.SELECTION])
+    assert not torch.allclose(outs['mod' + bench.FLOOR],
+                              outs['mod' + bench.SELECTION])
     assert not torch.allclose(outs['mod' + bench.FLOOR],
                               outs['mod' + bench.SKIP])
 
@@ -140,7 +176,9 @@ def _result(baseline, medians):
                    bound=name + bench.SKIP
                    if name + bench.SKIP in medians else None,
                    floor=name + bench.FLOOR
-                   if name + bench.FLOOR in medians else None)
+                   if name + bench.FLOOR in medians else None,
+                   selection=name + bench.SELECTION
+                   if name + bench.SELECTION in medians else None)
         for name in medians
     }
     meta = dict(baseline=baseline, modes=['eager'], batch_sizes=[1])
@@ -159,6 +197,7 @@ def test_table_speedups_shares_and_paper_columns():
     rows = _rows(_result('resnet18', {
         'resnet18': 15.0, 'resnet18-mod': 10.0,
         'resnet18-mod' + bench.FLOOR: 8.0,
+        'resnet18-mod' + bench.SELECTION: 9.0,
         'resnet18-mod' + bench.SKIP: 7.5
     }))
     assert rows['resnet18']['speed-up'] == '1.00x'
@@ -167,6 +206,7 @@ def test_table_speedups_shares_and_paper_columns():
     # 1.5 / 2.0 and 1.5 / 1.875
     assert rows['resnet18-mod']['share of skip bound'] == '75 %'
     assert rows['resnet18-mod']['share of floor'] == '80 %'
+    assert rows['resnet18-mod']['share of floor + selection'] == '90 %'
     assert rows['resnet18']['share of skip bound'] == ''
     assert rows['resnet18']['share of floor'] == ''
     _, cpu, gpu = SPEEDUPS['resnet18-mod']
@@ -243,11 +283,13 @@ def _check_run(out, modes, batch_sizes, trains):
     raw = json.loads(out.with_suffix('.json').read_text())
     text = out.read_text()
     names = ['resnet18', 'resnet18-mod', 'resnet18-mod' + bench.TRAIN_FORM,
-             'resnet18-mod' + bench.FLOOR, 'resnet18-mod' + bench.SKIP]
-    floor, skip = names[3], names[4]
+             'resnet18-mod' + bench.FLOOR, 'resnet18-mod' + bench.SELECTION,
+             'resnet18-mod' + bench.SKIP]
+    floor, selection, skip = names[3:6]
     assert list(raw['models']) == names
     assert raw['models']['resnet18-mod']['bound'] == skip
     assert raw['models']['resnet18-mod']['floor'] == floor
+    assert raw['models']['resnet18-mod']['selection'] == selection
     assert raw['models']['resnet18']['params'] > \
         raw['models']['resnet18-mod']['params'] > \
         raw['models'][skip]['params']
@@ -267,7 +309,7 @@ def _check_run(out, modes, batch_sizes, trains):
             rows = {
                 cells[0]: dict(zip(bench.HEADER, cells))
                 for cells in (line[2:-2].split(' | ')
-                              for line in section.splitlines()[4:9])
+                              for line in section.splitlines()[4:10])
             }
             mod = rows['resnet18-mod']
             assert mod['speed-up'] == \
@@ -278,6 +320,8 @@ def _check_run(out, modes, batch_sizes, trains):
                 f"{100 * ms[skip] / ms['resnet18-mod']:.0f} %"
             assert mod['share of floor'] == \
                 f"{100 * ms[floor] / ms['resnet18-mod']:.0f} %"
+            assert mod['share of floor + selection'] == \
+                f"{100 * ms[selection] / ms['resnet18-mod']:.0f} %"
             assert (mod['paper CPU'], mod['paper GPU']) == tuple(
                 f'{p:.2f}x' for p in SPEEDUPS['resnet18-mod'][1:])
             if mode in trains and batch == 2:
@@ -327,6 +371,7 @@ def test_profiles_of_the_mod_model_beside_its_floor(tmp_path, capsys):
         assert set(t) == {'resnet18', 'resnet18-mod',
                           'resnet18-mod' + bench.TRAIN_FORM,
                           'resnet18-mod' + bench.FLOOR,
+                          'resnet18-mod' + bench.SELECTION,
                           'resnet18-mod' + bench.SKIP}
         profiled = {n for n, r in t.items() if 'profile' in r}
         assert profiled == {'resnet18-mod', 'resnet18-mod' + bench.FLOOR}

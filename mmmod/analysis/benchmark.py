@@ -10,11 +10,13 @@ baseline (a stock network), and for each MoD model
 * the same model in its training form (``TRAIN_FORM``);
 * its floor (``FLOOR``): every MoD block only reads the map once and adds
   onto k channels, the physical limit of any MoD implementation;
+* its floor plus selection (``SELECTION``): every MoD block the floor plus
+  its selector, top-k and gather: all of the block but its Conv-Block;
 * its skip bound (``SKIP``): every MoD block an identity.
 
 The tables give medians and quartiles, the speed-ups over the baseline, each
-MoD model's share of its floor and of its skip bound (the reference's time
-over the model's), and the paper's speed-ups. With a profile, each MoD
+MoD model's share of its floor, of its floor plus selection and of its skip
+bound (the reference's time over the model's), and the paper's speed-ups. With a profile, each MoD
 model's time per op beside its floor's says where the MoD blocks' time goes.
 """
 import copy
@@ -33,11 +35,13 @@ from mmmod.utils import count_macs, count_params
 from mmmod.layers import mod_blocks, switch_to_deploy
 from mmmod.utils.timing import (describe_machine, floor_mod_blocks,
                                    measure_train_throughput,
+                                   selection_floor_mod_blocks,
                                    skip_mod_blocks, spread_warning,
                                    time_interleaved)
 
 TRAIN_FORM = ' (training form)'
 FLOOR = ' (floor)'
+SELECTION = ' (floor + selection)'
 SKIP = ' (skip bound)'
 
 
@@ -236,12 +240,12 @@ def benchmark(models: Dict[str, nn.Module],
     ``plan`` at each batch size.
 
     Each MoD model is timed in its inference form under its name, and
-    joined by its training form, floor and skip bound (``name + TRAIN_FORM,
-    FLOOR, SKIP``). Inference is timed at every batch size; the training
+    joined by its training form, floor, floor plus selection and skip bound
+    (``name + TRAIN_FORM, FLOOR, SELECTION, SKIP``). Inference is timed at every batch size; the training
     step (forward, backward, SGD) in the modes that train, at
     ``plan.train_batch_sizes``, on copies of the models (but the inference
     forms, which cannot train). Returns ``dict(meta=, models={name:
-    dict(params=, gmacs=, floor=, bound=, trains=)}, timings={mode: {batch:
+    dict(params=, gmacs=, floor=, selection=, bound=, trains=)}, timings={mode: {batch:
     {name: dict(latency=, train=, profile=)}}}, warnings=[...])``, times in
     ms, profiles as ``[[op, us per forward, calls per forward], ...]``.
     """
@@ -258,6 +262,8 @@ def benchmark(models: Dict[str, nn.Module],
             params=count_params(m) / 1e6,
             gmacs=count_macs(m, plan.input_shape) / 1e9,
             floor=name + FLOOR if name + FLOOR in models else None,
+            selection=(name + SELECTION
+                       if name + SELECTION in models else None),
             bound=name + SKIP if name + SKIP in models else None,
             trains=not _is_deployed(models[name]))
         for name, m in counted.items()
@@ -339,7 +345,8 @@ def _time_mode_in(mode_name, models, plan, warnings, log):
 
 def with_references(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
     """``models`` with each MoD model in its inference form, followed by its
-    training form, its floor and its skip bound."""
+    training form, its floor, its floor plus selection and its skip
+    bound."""
     out = {}
     for name, model in models.items():
         if not mod_blocks(model):
@@ -350,6 +357,7 @@ def with_references(models: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
         out[name] = switch_to_deploy(deployed)
         out[name + TRAIN_FORM] = model
         out[name + FLOOR] = floor_mod_blocks(model)
+        out[name + SELECTION] = selection_floor_mod_blocks(model)
         out[name + SKIP] = skip_mod_blocks(model)
     return out
 
@@ -460,7 +468,8 @@ def _warn(warnings, where, stats, log):
 # --- tables -----------------------------------------------------------------
 
 HEADER = ('model', 'params (M)', 'GMACs', 'ms: median [q1, q3]', 'speed-up',
-          'share of floor', 'share of skip bound', 'paper CPU', 'paper GPU',
+          'share of floor', 'share of floor + selection',
+          'share of skip bound', 'paper CPU', 'paper GPU',
           'train img/s', 'train speed-up', 'train share of floor')
 
 
@@ -499,7 +508,8 @@ def table(result: dict, mode: str, batch: int) -> list:
         rows.append([
             name, f"{info['params']:.2f}", f"{info['gmacs']:.2f}",
             _ms(t['latency']), f'{speedup:.2f}x',
-            _share(floor, t), _share(row_of.get(info['bound']), t),
+            _share(floor, t), _share(row_of.get(info.get('selection')), t),
+            _share(row_of.get(info['bound']), t),
             *(f'{p:.2f}x' if p else ''
               for p in paper_speedups(name, base_name)),
             f"{train['images_per_s']:.1f}" if train else '',

@@ -11,6 +11,8 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 
+from mmmod.layers.ops import select_channels
+
 # A timing is unreliable when its interquartile range exceeds this share of
 # its median. On a quiet machine the quartiles of a forward pass lie within a
 # few per cent of the median; a spread of a quarter means other work took
@@ -85,14 +87,39 @@ class FloorBlock(nn.Module):
         self.k, self.offset = k, max(offset, 0)
 
     def forward(self, x):
-        m = x.mean((2, 3))[:, :self.k, None, None]
+        return self._add(x, x.mean((2, 3))[:, :self.k, None, None])
+
+    def _add(self, x, y):
+        """``y`` (N, k, H or 1, W or 1) added onto the ``k`` target
+        channels."""
         if self.training:
             return x.slice_scatter(
-                x.narrow(1, self.offset, self.k) + m, dim=1,
+                x.narrow(1, self.offset, self.k) + y, dim=1,
                 start=self.offset, end=self.offset + self.k)
         targets = torch.arange(self.offset, self.offset + self.k,
                                device=x.device)
-        return x.index_add_(1, targets, m.expand(-1, -1, *x.shape[2:]))
+        return x.index_add_(1, targets, y.expand(-1, -1, *x.shape[2:]))
+
+
+class SelectionFloorBlock(FloorBlock):
+    """The floor plus a MoD block's selection: the channel means, the
+    block's own selector, top-k and gather (``mmmod::select_channels``, the
+    MoD model's kernel and weights), and the ``k`` chosen channels times
+    their scores added onto the ``k`` target channels: the whole MoD block
+    but its Conv-Block. What it costs beyond the floor the MoD architecture
+    needs in any implementation; at batch 1 that is mostly the selector's
+    weights (C²/8 a block, which the floor has none of), read from memory
+    on every forward."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__(block.k, block._fusion_offset)
+        self.selector = block.selector
+
+    def forward(self, x):
+        fc1, fc2 = self.selector.fc1, self.selector.fc2
+        x_k, scores, _ = select_channels(x, fc1.weight, fc1.bias, fc2.weight,
+                                         fc2.bias, self.k)
+        return self._add(x, x_k * scores[:, :, None, None].to(x_k.dtype))
 
 
 def floor_mod_blocks(model: nn.Module) -> nn.Module:
@@ -101,6 +128,13 @@ def floor_mod_blocks(model: nn.Module) -> nn.Module:
     skip bound."""
     return _replace_mod_blocks(
         model, lambda block: FloorBlock(block.k, block._fusion_offset))
+
+
+def selection_floor_mod_blocks(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every MoD block a
+    :class:`SelectionFloorBlock`: the floor plus the selection, between the
+    floor and the MoD model."""
+    return _replace_mod_blocks(model, SelectionFloorBlock)
 
 
 def _replace_mod_blocks(model, make):
