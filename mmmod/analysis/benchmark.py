@@ -16,8 +16,9 @@ baseline (a stock network), and for each MoD model
 
 The tables give medians and quartiles, the speed-ups over the baseline, each
 MoD model's share of its floor, of its floor plus selection and of its skip
-bound (the reference's time over the model's), and the paper's speed-ups. With a profile, each MoD
-model's time per op beside its floor's says where the MoD blocks' time goes.
+bound (the reference's time over the model's), and the paper's speed-ups.
+With a profile, each MoD model's time per op beside its floor's says where
+the MoD blocks' time goes.
 """
 import copy
 import json
@@ -241,12 +242,13 @@ def benchmark(models: Dict[str, nn.Module],
 
     Each MoD model is timed in its inference form under its name, and
     joined by its training form, floor, floor plus selection and skip bound
-    (``name + TRAIN_FORM, FLOOR, SELECTION, SKIP``). Inference is timed at every batch size; the training
-    step (forward, backward, SGD) in the modes that train, at
-    ``plan.train_batch_sizes``, on copies of the models (but the inference
-    forms, which cannot train). Returns ``dict(meta=, models={name:
-    dict(params=, gmacs=, floor=, selection=, bound=, trains=)}, timings={mode: {batch:
-    {name: dict(latency=, train=, profile=)}}}, warnings=[...])``, times in
+    (``name + TRAIN_FORM, FLOOR, SELECTION, SKIP``). Inference is timed at
+    every batch size; the training step (forward, backward, SGD) in the
+    modes that train, at ``plan.train_batch_sizes``, on copies of the models
+    (but the inference forms, which cannot train). Returns ``dict(meta=,
+    models={name: dict(params=, gmacs=, floor=, selection=, bound=,
+    trains=)}, timings={mode: {batch: {name: dict(latency=, train=,
+    profile=)}}}, warnings=[...])``, times in
     ms, profiles as ``[[op, us per forward, calls per forward], ...]``.
     """
     plan = plan or Plan()
