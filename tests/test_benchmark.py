@@ -334,6 +334,8 @@ def _check_run(out, modes, batch_sizes, trains):
                         if 'train' in r}
                 assert mod['train share of floor'] == \
                     f"{100 * step[floor] / step[train_form]:.0f} %"
+                assert mod['train share of floor + selection'] == \
+                    f"{100 * step[selection] / step[train_form]:.0f} %"
     assert '## median ms in every mode' in text
     return raw
 

@@ -472,7 +472,8 @@ def _warn(warnings, where, stats, log):
 HEADER = ('model', 'params (M)', 'GMACs', 'ms: median [q1, q3]', 'speed-up',
           'share of floor', 'share of floor + selection',
           'share of skip bound', 'paper CPU', 'paper GPU',
-          'train img/s', 'train speed-up', 'train share of floor')
+          'train img/s', 'train speed-up', 'train share of floor',
+          'train share of floor + selection')
 
 
 def paper_speedups(name: str, baseline: str) -> tuple:
@@ -503,6 +504,7 @@ def table(result: dict, mode: str, batch: int) -> list:
         info = result['models'][name]
         speedup = base['latency']['median'] / t['latency']['median']
         floor = row_of.get(info.get('floor'))
+        selection = row_of.get(info.get('selection'))
         # a MoD model's training step is its training form's
         train_of = row_of.get(name + TRAIN_FORM, t)
         train = train_of.get('train')
@@ -510,7 +512,7 @@ def table(result: dict, mode: str, batch: int) -> list:
         rows.append([
             name, f"{info['params']:.2f}", f"{info['gmacs']:.2f}",
             _ms(t['latency']), f'{speedup:.2f}x',
-            _share(floor, t), _share(row_of.get(info.get('selection')), t),
+            _share(floor, t), _share(selection, t),
             _share(row_of.get(info['bound']), t),
             *(f'{p:.2f}x' if p else ''
               for p in paper_speedups(name, base_name)),
@@ -518,6 +520,7 @@ def table(result: dict, mode: str, batch: int) -> list:
             (f"{train['images_per_s'] / base_train['images_per_s']:.2f}x"
              if train and base_train else ''),
             _share(floor, train_of, 'train') if floor else '',
+            _share(selection, train_of, 'train') if selection else '',
         ])
     return rows
 

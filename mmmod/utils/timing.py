@@ -11,7 +11,7 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn as nn
 
-from mmmod.layers.ops import select_channels
+from mmmod.layers import MoDBlock, select_channels
 
 # A timing is unreliable when its interquartile range exceeds this share of
 # its median. On a quiet machine the quartiles of a forward pass lie within a
@@ -138,8 +138,6 @@ def selection_floor_mod_blocks(model: nn.Module) -> nn.Module:
 
 
 def _replace_mod_blocks(model, make):
-    from mmmod.layers import MoDBlock
-
     model = copy.deepcopy(model)
     for parent in list(model.modules()):
         for name, child in parent.named_children():

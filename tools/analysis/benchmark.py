@@ -9,13 +9,15 @@
 The first config is the baseline; every other is paired with it. Each MoD
 model is timed in its inference form (``switch_to_deploy``) and joined by its
 training form, its floor (every MoD block only reads the map and adds onto k
-channels) and its skip bound (every MoD block an identity). For each mode
-(``--modes``; default every CPU mode, and the CUDA ones when there is a GPU)
-and batch size, all models are timed interleaved in this process; a table
-per mode and batch size gives medians and quartiles, speed-ups over the
-baseline, each MoD model's share of its floor and skip bound and the paper's
-speed-ups; ``--profile N`` adds each MoD model's time per op beside its
-floor's; a last table, each model's fastest mode. The measuring lives in
+channels), its floor plus selection (the floor plus each block's selector,
+top-k and gather: all but the Conv-Block) and its skip bound (every MoD
+block an identity). For each mode (``--modes``; default every CPU mode, and
+the CUDA ones when there is a GPU) and batch size, all models are timed
+interleaved in this process; a table per mode and batch size gives medians
+and quartiles, speed-ups over the baseline, each MoD model's share of its
+floor, floor plus selection and skip bound and the paper's speed-ups;
+``--profile N`` adds each MoD model's time per op beside its floor's; a last
+table, each model's fastest mode. The measuring lives in
 :mod:`mmmod.analysis.benchmark`.
 """
 import json
