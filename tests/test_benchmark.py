@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.nn as nn
 from conftest import tool
 
 from mmmod.analysis import benchmark as bench
@@ -119,6 +120,20 @@ def test_floor_plus_selection_is_the_block_but_its_conv_block():
     block(x).sum().backward()  # a new map; the selector trains
     assert torch.equal(x.detach(), before)
     assert block.selector.fc2.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('fusion', ['last-k', 'original'])
+def test_floor_plus_selection_adds_where_the_mod_block_adds(fusion):
+    mod = MoDBlock(64, lambda k: nn.Identity(), c=8, fusion=fusion)
+    mod.eval()
+    block = SelectionFloorBlock(mod).eval()
+    x = torch.randn(2, 64, 5, 7)
+    with torch.no_grad():
+        want = mod(x)  # the MoD block with an identity Conv-Block
+        out = block(x.clone())
+    torch.testing.assert_close(out, want)
+    block.train()
+    torch.testing.assert_close(block(x), want)
 
 
 def test_references_of_a_mod_model():

@@ -338,24 +338,24 @@ def test_compiled_training_step_equals_eager(fusion, layout):
     eager, and the Conv-Block's few-channel convolutions still train through
     im2col on NCHW maps (oneDNN's on channels-last ones, as in eager), in
     the forward and the backward of the compiled graphs."""
+    torch._dynamo.reset()
     torch.manual_seed(0)
     block = MoDBlock(32, lambda k: nn.Sequential(
         nn.Conv2d(k, k, 3, padding=1), nn.ReLU(), nn.Conv2d(k, 2 * k, 1),
         nn.ReLU(), nn.Conv2d(2 * k, k, 1)), c=8, fusion=fusion)
     assert all(type(block.block[i]) is FewChannelConv2d for i in (0, 2, 4))
     compiled = copy.deepcopy(block)
-    run = torch.compile(compiled)
+    run = torch.compile(compiled, fullgraph=True)
     x = torch.randn(3, 32, 10, 12)
     if layout == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
-    for step in range(2):  # the second runs the cached graphs
+    for step in range(2):  # compiles, then runs the compiled graphs
         xs = [x.clone().requires_grad_() for _ in range(2)]
         want = block(xs[0])
         with profile() as prof:
             out = run(xs[1])
             out.backward(torch.ones_like(out))
         want.backward(torch.ones_like(want))
-        ran = {e.key for e in prof.key_averages()}
         torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-4,
                                    atol=1e-4)
@@ -363,10 +363,13 @@ def test_compiled_training_step_equals_eager(fusion, layout):
                                 compiled.parameters()):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4,
                                        msg=name)
-        thnn = {'aten::_slow_conv2d_forward', 'aten::_slow_conv2d_backward'}
-        if layout == 'contiguous':
-            assert thnn <= ran, ran
-        else:
-            assert not thnn & ran, ran
         block.zero_grad()
         compiled.zero_grad()
+    ran = {e.key for e in prof.key_averages()}
+    # the forward and backward graphs ran, compiled
+    assert sum(k.startswith('## Call CompiledFxGraph') for k in ran) == 2, ran
+    thnn = {'aten::_slow_conv2d_forward', 'aten::_slow_conv2d_backward'}
+    if layout == 'contiguous':
+        assert thnn <= ran, ran
+    else:
+        assert not thnn & ran, ran

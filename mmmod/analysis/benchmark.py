@@ -248,8 +248,8 @@ def benchmark(models: Dict[str, nn.Module],
     (but the inference forms, which cannot train). Returns ``dict(meta=,
     models={name: dict(params=, gmacs=, floor=, selection=, bound=,
     trains=)}, timings={mode: {batch: {name: dict(latency=, train=,
-    profile=)}}}, warnings=[...])``, times in
-    ms, profiles as ``[[op, us per forward, calls per forward], ...]``.
+    profile=)}}}, warnings=[...])``, times in ms, profiles as ``[[op, us
+    per forward, calls per forward], ...]``.
     """
     plan = plan or Plan()
     if not models:

@@ -114,12 +114,18 @@ class SelectionFloorBlock(FloorBlock):
     def __init__(self, block: nn.Module):
         super().__init__(block.k, block._fusion_offset)
         self.selector = block.selector
+        self.original = block._fusion_offset < 0  # fusion 'original'
 
     def forward(self, x):
         fc1, fc2 = self.selector.fc1, self.selector.fc2
-        x_k, scores, _ = select_channels(x, fc1.weight, fc1.bias, fc2.weight,
-                                         fc2.bias, self.k)
-        return self._add(x, x_k * scores[:, :, None, None].to(x_k.dtype))
+        x_k, scores, idx = select_channels(x, fc1.weight, fc1.bias,
+                                           fc2.weight, fc2.bias, self.k)
+        y = x_k * scores[:, :, None, None].to(x_k.dtype)
+        if self.original:  # back where they came from, as the MoD block
+            index = idx[:, :, None, None].expand_as(y)
+            return (x.scatter_add(1, index, y) if self.training else
+                    x.scatter_add_(1, index, y))
+        return self._add(x, y)
 
 
 def floor_mod_blocks(model: nn.Module) -> nn.Module:
