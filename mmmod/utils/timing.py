@@ -105,11 +105,11 @@ class SelectionFloorBlock(FloorBlock):
     """The floor plus a MoD block's selection: the channel means, the
     block's own selector, top-k and gather (``mmmod::select_channels``, the
     MoD model's kernel and weights), and the ``k`` chosen channels times
-    their scores added onto the ``k`` target channels: the whole MoD block
-    but its Conv-Block. What it costs beyond the floor the MoD architecture
-    needs in any implementation; at batch 1 that is mostly the selector's
-    weights (C²/8 a block, which the floor has none of), read from memory
-    on every forward."""
+    their scores added where the MoD block adds its output: the whole MoD
+    block but its Conv-Block. What it costs beyond the floor the MoD
+    architecture needs in any implementation; at batch 1 that is mostly the
+    selector's weights (C²/8 a block, which the floor has none of), read
+    from memory on every forward."""
 
     def __init__(self, block: nn.Module):
         super().__init__(block.k, block._fusion_offset)
