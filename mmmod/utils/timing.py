@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from mmmod.layers import MoDBlock, select_channels
+from mmmod.layers.ops import add_channels_
 
 # A timing is unreliable when its interquartile range exceeds this share of
 # its median. On a quiet machine the quartiles of a forward pass lie within a
@@ -77,10 +78,11 @@ def skip_mod_blocks(model: nn.Module) -> nn.Module:
 class FloorBlock(nn.Module):
     """What every MoD block must do, and nothing more: read the whole map
     once (the channel means the selector starts from) and add onto its
-    ``k`` target channels. In eval mode the add is written into ``x`` with
-    the inference form's own op (``index_add_``: ``k`` channels in eager,
-    in inductor's loops and in ONNX Runtime's ScatterElements); in training
-    mode it makes a new map, as autograd needs."""
+    ``k`` target channels. In eval mode the add is written into ``x`` by the
+    inference form's own :func:`~mmmod.layers.ops.add_channels_`
+    (``index_add_``: ``k`` channels in eager, in inductor's loops and in
+    ONNX Runtime's ScatterElements); in training mode it makes a new map,
+    as autograd needs."""
 
     def __init__(self, k: int, offset: int):
         super().__init__()
@@ -96,9 +98,8 @@ class FloorBlock(nn.Module):
             return x.slice_scatter(
                 x.narrow(1, self.offset, self.k) + y, dim=1,
                 start=self.offset, end=self.offset + self.k)
-        targets = torch.arange(self.offset, self.offset + self.k,
-                               device=x.device)
-        return x.index_add_(1, targets, y.expand(-1, -1, *x.shape[2:]))
+        return add_channels_(x, y.expand(-1, -1, *x.shape[2:]), None,
+                             self.offset)
 
 
 class SelectionFloorBlock(FloorBlock):
@@ -122,9 +123,8 @@ class SelectionFloorBlock(FloorBlock):
                                            fc2.weight, fc2.bias, self.k)
         y = x_k * scores[:, :, None, None].to(x_k.dtype)
         if self.original:  # back where they came from, as the MoD block
-            index = idx[:, :, None, None].expand_as(y)
-            return (x.scatter_add(1, index, y) if self.training else
-                    x.scatter_add_(1, index, y))
+            return add_channels_(x.clone() if self.training else x, y, idx,
+                                 -1)
         return self._add(x, y)
 
 
