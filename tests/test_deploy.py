@@ -181,6 +181,29 @@ def test_conv_chain_has_its_cpu_kernel():
         'mmmod::conv_chain', 'CPU')
 
 
+def test_conv_chain_refuses_autograd_and_runs_without_it():
+    """conv_chain has no backward: with an input that requires grad under
+    grad mode it says so; under no_grad, or with inputs that require no
+    grad, it runs its kernel (its own Autograd kernel, not PyTorch's
+    fallback)."""
+    x, weights, biases, meta, residual, act = chain_case(0, 'contiguous')
+    scale = torch.rand(x.shape[0], weights[-1].shape[0])
+    op = torch.ops.mmmod.conv_chain
+    want = op(x, weights, biases, meta, residual, act, scale)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        'mmmod::conv_chain', 'Autograd')
+    for which in range(3):  # x, a weight, the scale
+        leaves = [x.clone(), weights[0].clone(), scale.clone()]
+        leaves[which].requires_grad_()
+        args = (leaves[0], [leaves[1], *weights[1:]], biases, meta, residual,
+                act, leaves[2])
+        with pytest.raises(RuntimeError, match='conv_chain has no autograd'):
+            op(*args)
+        with torch.no_grad():
+            out = op(*args)
+        assert not out.requires_grad and torch.equal(out, want)
+
+
 def deployed_chain_block(fusion, layout, dtype, seed=0):
     torch.manual_seed(seed)
     block = MoDBlock(32, lambda k: nn.Sequential(

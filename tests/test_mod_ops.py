@@ -162,6 +162,30 @@ def test_cpu_kernels_match_the_composite(layout, kind):
     assert not called & {'aten::slice_scatter', 'aten::scatter_add'}
 
 
+def test_ops_without_autograd_to_record_skip_it():
+    """Under no_grad, or with no input that requires grad, the ops give
+    what autograd's path gives, and outputs that record nothing; with one,
+    autograd records them."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 5, 5)
+    w1, w2 = (w.requires_grad_() for w in weights('random', 32, 8))
+    args = (x, x.mean((2, 3)), w1, None, w2, None, 4)
+    recorded = torch.ops.mmmod.select_channels(*args)
+    assert recorded[1].grad_fn is not None
+    y = torch.randn(2, 4, 5, 5)
+    fused = torch.ops.mmmod.fuse_channels(x, y, recorded[1], recorded[2], 3)
+    assert fused.grad_fn is not None
+    with torch.no_grad():
+        got = torch.ops.mmmod.select_channels(*args)
+        got_fused = torch.ops.mmmod.fuse_channels(x, y, got[1], got[2], 3)
+    plain = (x, x.mean((2, 3)), w1.detach(), None, w2.detach(), None, 4)
+    for out in (got, torch.ops.mmmod.select_channels(*plain)):
+        assert not any(t.requires_grad for t in out)
+        for a, b in zip(out, recorded):
+            assert torch.equal(a, b)
+    assert not got_fused.requires_grad and torch.equal(got_fused, fused)
+
+
 @needs_ext
 def test_the_selector_kernel_computes_float32_itself():
     """Float32 at batch 1 runs the kernel's own linears (no ATen GEMM
@@ -262,6 +286,14 @@ def test_without_the_extension_in_a_subprocess():
                 # the inference form's one call, in Python
                 block.switch_to_deploy()
                 torch.testing.assert_close(block(x.clone()), want)
+        w = torch.randn(4, 4, 1, 1, requires_grad=True)
+        try:  # no backward: refused, as with the extension
+            torch.ops.mmmod.conv_chain(torch.randn(1, 4, 3, 3), [w],
+                                       [torch.zeros(4)], [0, 0, 1, 1, 1, 0],
+                                       False, 0)
+            raise AssertionError('conv_chain ran under autograd')
+        except RuntimeError as e:
+            assert 'conv_chain has no autograd' in str(e), e
         composite, = [line for line in torch._C._dispatch_dump(
             'mmmod::mod_block_').splitlines()
             if line.startswith('CompositeImplicitAutograd')]

@@ -416,9 +416,26 @@ def _mod_block_(x, w1, b1, w2, b2, k, weights, biases, meta, residual,
     return add_channels_(x, y.to(x.dtype), idx, offset)
 
 
+def _conv_chain_autograd(x, weights, biases, meta, residual, final_act,
+                        scale=None):
+    """``conv_chain`` has no backward: a call that autograd would record
+    is an error, any other runs the op below autograd."""
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (x, scale, *weights, *biases)):
+        raise RuntimeError(
+            "mmmod::conv_chain has no autograd (it is the inference form's "
+            'Conv-Block): call it under torch.no_grad() or '
+            'torch.inference_mode(), with inputs that do not require grad')
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.mmmod.conv_chain(x, weights, biases, meta, residual,
+                                          final_act, scale)
+
+
 if not HAS_EXT:  # the extension registers the same in C++
     _register_autograd('select_channels', _select_backward, _select_setup)
     _register_autograd('fuse_channels', _fuse_backward, _fuse_setup)
+    _lib.impl('conv_chain', _conv_chain_autograd, 'Autograd')
     _lib.impl('mod_block_', _mod_block_, 'CompositeImplicitAutograd')
 
 

@@ -575,6 +575,23 @@ at::Tensor expand_to(const at::Tensor& idx, const at::Tensor& t) {
 // autograd (inference, validation) costs a check, not torch.library's
 // Python autograd kernel (~40 us a call in a network at batch 1); the
 // Python forms serve installs without this extension.
+
+// Whether a call must be recorded for autograd: grad mode on and an input
+// that requires grad. Otherwise the kernels below go straight to the
+// device's kernel, as ATen's own autograd kernels do: an autograd Function
+// (its node, saved tensors and state) costs ~15-25 us a call from cold
+// caches, under torch.no_grad() too.
+bool records_grad(std::initializer_list<const at::Tensor*> inputs) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const auto* t : inputs)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+const at::Tensor& or_undefined(const c10::optional<at::Tensor>& t) {
+  static const at::Tensor undefined;
+  return t ? *t : undefined;
+}
 using SelectSignature = SelectOutputs(const at::Tensor&, const at::Tensor&,
                                       const at::Tensor&,
                                       const c10::optional<at::Tensor>&,
@@ -643,18 +660,35 @@ struct SelectChannels : public torch::autograd::Function<SelectChannels> {
   }
 };
 
+using FuseSignature = at::Tensor(const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&, const at::Tensor&,
+                                 int64_t);
+
+const c10::TypedOperatorHandle<FuseSignature>& fuse_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mmmod::fuse_channels", "")
+                             .typed<FuseSignature>();
+  return op;
+}
+
+using ChainSignature = at::Tensor(const at::Tensor&, at::TensorList,
+                                  at::TensorList, at::IntArrayRef, bool,
+                                  int64_t, const c10::optional<at::Tensor>&);
+
+const c10::TypedOperatorHandle<ChainSignature>& chain_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mmmod::conv_chain", "")
+                             .typed<ChainSignature>();
+  return op;
+}
+
 struct FuseChannels : public torch::autograd::Function<FuseChannels> {
   static torch::autograd::variable_list forward(
       torch::autograd::AutogradContext* ctx, const at::Tensor& x,
       const at::Tensor& y, const at::Tensor& scores, const at::Tensor& idx,
       int64_t offset) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("mmmod::fuse_channels", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, const at::Tensor&,
-                                           int64_t)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto out = op.call(x, y, scores, idx, offset);
+    auto out = fuse_op().call(x, y, scores, idx, offset);
     ctx->saved_data["offset"] = offset;
     ctx->save_for_backward({y, scores, idx});
     return {out};
@@ -678,7 +712,31 @@ struct FuseChannels : public torch::autograd::Function<FuseChannels> {
 at::Tensor fuse_channels_autograd(const at::Tensor& x, const at::Tensor& y,
                                   const at::Tensor& scores,
                                   const at::Tensor& idx, int64_t offset) {
+  if (!records_grad({&x, &y, &scores})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return fuse_op().call(x, y, scores, idx, offset);
+  }
   return FuseChannels::apply(x, y, scores, idx, offset)[0];
+}
+
+// conv_chain has no backward (the inference form's Conv-Block): a call that
+// autograd would record is an error, any other goes straight to the device's
+// kernel (without this kernel, PyTorch's boxed autograd fallback, which
+// converts the argument lists on every call).
+at::Tensor conv_chain_autograd(const at::Tensor& x, at::TensorList weights,
+                               at::TensorList biases, at::IntArrayRef meta,
+                               bool residual, int64_t final_act,
+                               const c10::optional<at::Tensor>& scale) {
+  bool grad = records_grad({&x, &or_undefined(scale)});
+  for (const auto& t : weights) grad = grad || records_grad({&t});
+  for (const auto& t : biases) grad = grad || records_grad({&t});
+  TORCH_CHECK(!grad, "mmmod::conv_chain has no autograd (it is the "
+              "inference form's Conv-Block): call it under torch.no_grad() "
+              "or torch.inference_mode(), with inputs that do not require "
+              "grad");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return chain_op().call(x, weights, biases, meta, residual, final_act,
+                         scale);
 }
 
 SelectOutputs select_channels_autograd(const at::Tensor& x,
@@ -688,6 +746,11 @@ SelectOutputs select_channels_autograd(const at::Tensor& x,
                                        const at::Tensor& w2,
                                        const c10::optional<at::Tensor>& b2,
                                        int64_t k) {
+  if (!records_grad({&x, &means, &w1, &or_undefined(b1), &w2,
+                     &or_undefined(b2)})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return select_op().call(x, means, w1, b1, w2, b2, k);
+  }
   auto out = SelectChannels::apply(x, means, w1, b1, w2, b2, k);
   return {out[0], out[1], out[2]};
 }
@@ -706,12 +769,6 @@ at::Tensor& mod_block_(at::Tensor& x, const at::Tensor& w1,
                        at::TensorList weights, at::TensorList biases,
                        at::IntArrayRef meta, bool residual, int64_t final_act,
                        int64_t offset) {
-  static auto chain =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("mmmod::conv_chain", "")
-          .typed<at::Tensor(const at::Tensor&, at::TensorList, at::TensorList,
-                            at::IntArrayRef, bool, int64_t,
-                            const c10::optional<at::Tensor>&)>();
   check_map(x, "mod_block_", "x");
   // ops.py's channel_means: a sum (in float32 for half types), a division
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -720,9 +777,10 @@ at::Tensor& mod_block_(at::Tensor& x, const at::Tensor& w1,
               c10::Scalar(x.sym_size(2) * x.sym_size(3)))
           .to(x.scalar_type());
   auto [x_k, scores, idx] = select_op().call(x, means, w1, b1, w2, b2, k);
-  const auto y = chain.call(x_k, weights, biases, meta, residual, final_act,
-                            scores)
-                     .to(x.scalar_type());
+  const auto y =
+      chain_op()
+          .call(x_k, weights, biases, meta, residual, final_act, scores)
+          .to(x.scalar_type());
   if (offset < 0) return x.scatter_add_(1, expand_to(idx, x), y);
   return x.index_add_(
       1, at::arange(offset, offset + k, x.options().dtype(at::kLong)), y);
@@ -737,6 +795,7 @@ TORCH_LIBRARY_IMPL(mmmod, CompositeImplicitAutograd, m) {
 TORCH_LIBRARY_IMPL(mmmod, Autograd, m) {
   m.impl("select_channels", &select_channels_autograd);
   m.impl("fuse_channels", &fuse_channels_autograd);
+  m.impl("conv_chain", &conv_chain_autograd);
 }
 
 TORCH_LIBRARY_IMPL(mmmod, CPU, m) {
