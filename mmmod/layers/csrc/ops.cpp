@@ -580,7 +580,9 @@ at::Tensor expand_to(const at::Tensor& idx, const at::Tensor& t) {
 // that requires grad. Otherwise the kernels below go straight to the
 // device's kernel, as ATen's own autograd kernels do: an autograd Function
 // (its node, saved tensors and state) costs ~15-25 us a call from cold
-// caches, under torch.no_grad() too.
+// caches, under torch.no_grad() too. They redispatch (below autograd, with
+// the keys of the call) rather than call the op again: one call, one
+// profiler event.
 bool records_grad(std::initializer_list<const at::Tensor*> inputs) {
   if (!at::GradMode::is_enabled()) return false;
   for (const auto* t : inputs)
@@ -709,12 +711,14 @@ struct FuseChannels : public torch::autograd::Function<FuseChannels> {
   }
 };
 
-at::Tensor fuse_channels_autograd(const at::Tensor& x, const at::Tensor& y,
+at::Tensor fuse_channels_autograd(c10::DispatchKeySet ks, const at::Tensor& x,
+                                  const at::Tensor& y,
                                   const at::Tensor& scores,
                                   const at::Tensor& idx, int64_t offset) {
   if (!records_grad({&x, &y, &scores})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return fuse_op().call(x, y, scores, idx, offset);
+    return fuse_op().redispatch(ks & c10::after_ADInplaceOrView_keyset, x, y,
+                                scores, idx, offset);
   }
   return FuseChannels::apply(x, y, scores, idx, offset)[0];
 }
@@ -723,7 +727,8 @@ at::Tensor fuse_channels_autograd(const at::Tensor& x, const at::Tensor& y,
 // autograd would record is an error, any other goes straight to the device's
 // kernel (without this kernel, PyTorch's boxed autograd fallback, which
 // converts the argument lists on every call).
-at::Tensor conv_chain_autograd(const at::Tensor& x, at::TensorList weights,
+at::Tensor conv_chain_autograd(c10::DispatchKeySet ks, const at::Tensor& x,
+                               at::TensorList weights,
                                at::TensorList biases, at::IntArrayRef meta,
                                bool residual, int64_t final_act,
                                const c10::optional<at::Tensor>& scale) {
@@ -735,11 +740,13 @@ at::Tensor conv_chain_autograd(const at::Tensor& x, at::TensorList weights,
               "or torch.inference_mode(), with inputs that do not require "
               "grad");
   at::AutoDispatchBelowADInplaceOrView guard;
-  return chain_op().call(x, weights, biases, meta, residual, final_act,
-                         scale);
+  return chain_op().redispatch(ks & c10::after_ADInplaceOrView_keyset, x,
+                               weights, biases, meta, residual, final_act,
+                               scale);
 }
 
-SelectOutputs select_channels_autograd(const at::Tensor& x,
+SelectOutputs select_channels_autograd(c10::DispatchKeySet ks,
+                                       const at::Tensor& x,
                                        const at::Tensor& means,
                                        const at::Tensor& w1,
                                        const c10::optional<at::Tensor>& b1,
@@ -749,7 +756,8 @@ SelectOutputs select_channels_autograd(const at::Tensor& x,
   if (!records_grad({&x, &means, &w1, &or_undefined(b1), &w2,
                      &or_undefined(b2)})) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return select_op().call(x, means, w1, b1, w2, b2, k);
+    return select_op().redispatch(ks & c10::after_ADInplaceOrView_keyset, x,
+                                  means, w1, b1, w2, b2, k);
   }
   auto out = SelectChannels::apply(x, means, w1, b1, w2, b2, k);
   return {out[0], out[1], out[2]};
