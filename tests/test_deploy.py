@@ -183,7 +183,7 @@ def test_conv_chain_has_its_cpu_kernel():
 
 def test_conv_chain_refuses_autograd_and_runs_without_it():
     """conv_chain has no backward: with an input that requires grad under
-    grad mode it says so; under no_grad, or with inputs that require no
+    grad mode, or with a forward-mode tangent, it says so; under no_grad, or with inputs that require no
     grad, it runs its kernel (its own Autograd kernel, not PyTorch's
     fallback)."""
     x, weights, biases, meta, residual, act = chain_case(0, 'contiguous')
@@ -202,6 +202,12 @@ def test_conv_chain_refuses_autograd_and_runs_without_it():
         with torch.no_grad():
             out = op(*args)
         assert not out.requires_grad and torch.equal(out, want)
+    # nor forward-mode AD: a tangent is refused, not dropped
+    import torch.autograd.forward_ad as fwAD
+    with torch.no_grad(), fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        with pytest.raises(RuntimeError, match='forward-mode tangent'):
+            op(dual, weights, biases, meta, residual, act, scale)
 
 
 def deployed_chain_block(fusion, layout, dtype, seed=0):

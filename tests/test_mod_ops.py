@@ -187,6 +187,26 @@ def test_ops_without_autograd_to_record_skip_it():
 
 
 @needs_ext
+def test_forward_mode_ad_is_refused_not_dropped():
+    """The ops have no forward-mode AD: a tangent on an input is an error,
+    under no_grad too, never silently dropped."""
+    import torch.autograd.forward_ad as fwAD
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 5, 5)
+    w1, w2 = weights('random', 32, 8)
+    y, scores = torch.randn(2, 4, 5, 5), torch.rand(2, 4)
+    idx = torch.randint(0, 32, (2, 4))
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), fwAD.dual_level():
+            dual = fwAD.make_dual(x, torch.ones_like(x))
+            with pytest.raises(RuntimeError):
+                torch.ops.mmmod.select_channels(dual, x.mean((2, 3)), w1,
+                                                None, w2, None, 4)
+            with pytest.raises(RuntimeError):
+                torch.ops.mmmod.fuse_channels(dual, y, scores, idx, 3)
+
+
+@needs_ext
 def test_the_selector_kernel_computes_float32_itself():
     """Float32 at batch 1 runs the kernel's own linears (no ATen GEMM
     call); larger batches, float64 and weights that are not plain float32

@@ -66,6 +66,7 @@ import torch._decomp
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import forward_ad
 
 # What this torch offers, chosen once at import (README: what each torch
 # range gets). flexible_layout: the kernels take NCHW and NHWC maps as they
@@ -419,14 +420,17 @@ def _mod_block_(x, w1, b1, w2, b2, k, weights, biases, meta, residual,
 def _conv_chain_autograd(x, weights, biases, meta, residual, final_act,
                         scale=None):
     """``conv_chain`` has no backward: a call that autograd would record
-    is an error, any other runs the op below autograd."""
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (x, scale, *weights, *biases)):
+    (or that carries a forward-mode tangent) is an error, any other runs the
+    op below autograd."""
+    tensors = [t for t in (x, scale, *weights, *biases) if t is not None]
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) \
+            or any(forward_ad.unpack_dual(t).tangent is not None
+                   for t in tensors):
         raise RuntimeError(
             "mmmod::conv_chain has no autograd (it is the inference form's "
             'Conv-Block): call it under torch.no_grad() or '
-            'torch.inference_mode(), with inputs that do not require grad')
+            'torch.inference_mode(), with inputs that do not require grad '
+            'and have no forward-mode tangent')
     with torch._C._AutoDispatchBelowAutograd():
         return torch.ops.mmmod.conv_chain(x, weights, biases, meta, residual,
                                           final_act, scale)

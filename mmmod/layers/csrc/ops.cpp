@@ -577,16 +577,19 @@ at::Tensor expand_to(const at::Tensor& idx, const at::Tensor& t) {
 // Python forms serve installs without this extension.
 
 // Whether a call must be recorded for autograd: grad mode on and an input
-// that requires grad. Otherwise the kernels below go straight to the
-// device's kernel, as ATen's own autograd kernels do: an autograd Function
+// that requires grad, or an input with a forward-mode tangent (whatever the
+// grad mode; the Function path then says it has no forward AD). Otherwise
+// the kernels below go straight to the device's kernel: an autograd Function
 // (its node, saved tensors and state) costs ~15-25 us a call from cold
 // caches, under torch.no_grad() too. They redispatch (below autograd, with
 // the keys of the call) rather than call the op again: one call, one
 // profiler event.
 bool records_grad(std::initializer_list<const at::Tensor*> inputs) {
-  if (!at::GradMode::is_enabled()) return false;
+  const bool grad_mode = at::GradMode::is_enabled();
   for (const auto* t : inputs)
-    if (t->defined() && t->requires_grad()) return true;
+    if (t->defined() && ((grad_mode && t->requires_grad()) ||
+                         t->_fw_grad(/*level=*/0).defined()))
+      return true;
   return false;
 }
 
@@ -738,7 +741,7 @@ at::Tensor conv_chain_autograd(c10::DispatchKeySet ks, const at::Tensor& x,
   TORCH_CHECK(!grad, "mmmod::conv_chain has no autograd (it is the "
               "inference form's Conv-Block): call it under torch.no_grad() "
               "or torch.inference_mode(), with inputs that do not require "
-              "grad");
+              "grad and have no forward-mode tangent");
   at::AutoDispatchBelowADInplaceOrView guard;
   return chain_op().redispatch(ks & c10::after_ADInplaceOrView_keyset, x,
                                weights, biases, meta, residual, final_act,
