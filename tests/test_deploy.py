@@ -183,9 +183,9 @@ def test_conv_chain_has_its_cpu_kernel():
 
 def test_conv_chain_refuses_autograd_and_runs_without_it():
     """conv_chain has no backward: with an input that requires grad under
-    grad mode, or with a forward-mode tangent, it says so; under no_grad, or with inputs that require no
-    grad, it runs its kernel (its own Autograd kernel, not PyTorch's
-    fallback)."""
+    grad mode, or with a forward-mode tangent, it says so; under no_grad,
+    or with inputs that require no grad, it runs its kernel (its own
+    Autograd kernel, not PyTorch's fallback)."""
     x, weights, biases, meta, residual, act = chain_case(0, 'contiguous')
     scale = torch.rand(x.shape[0], weights[-1].shape[0])
     op = torch.ops.mmmod.conv_chain
