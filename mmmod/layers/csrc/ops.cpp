@@ -597,6 +597,7 @@ const at::Tensor& or_undefined(const c10::optional<at::Tensor>& t) {
   static const at::Tensor undefined;
   return t ? *t : undefined;
 }
+
 using SelectSignature = SelectOutputs(const at::Tensor&, const at::Tensor&,
                                       const at::Tensor&,
                                       const c10::optional<at::Tensor>&,
