@@ -53,6 +53,18 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _default_scope():
+    """A test's default scope (``init_default_scope``, a runner) does not
+    outlive it: with mmdet's left as the default, mmpretrain's registry
+    builds mmdet's ResNeXtMoD, which takes other arguments."""
+    from mmengine.registry import DefaultScope
+    scopes = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(scopes)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
