@@ -3,7 +3,7 @@ times them (tools/deployment/export_onnx.py, tools/analysis/benchmark.py).
 
 The MoD block's ops (:mod:`mmmod.layers.ops`) are exported as standard ONNX
 ops by the translations below (:data:`ONNX_TRANSLATIONS`): MatMul, Relu,
-TopK, Sigmoid and GatherElements for ``select_channels`` (its means are the
+TopK, Sigmoid and Gather for ``select_channels`` (its means are the
 ReduceSum and Div before it); Mul and ScatterElements (reduction ``add``) for
 ``fuse_channels``; Conv (with Relu, Clip, Add, Mul) for ``conv_chain``; and
 the in-place fusion of the inference form, an ``aten::index_add`` once
@@ -24,7 +24,7 @@ def _linear(x, weight, bias):
 
 
 def _expand_index(idx, x, k):
-    """(N, k) indices -> (N, k, H, W), for GatherElements/ScatterElements."""
+    """(N, k) indices -> (N, k, H, W), for ScatterElements."""
     shape = op.Shape(x)
     size = op.Concat(
         op.Slice(shape, [0], [1]), op.Constant(value_ints=[k]),
@@ -32,13 +32,27 @@ def _expand_index(idx, x, k):
     return op.Expand(op.Unsqueeze(idx, [2, 3]), size)
 
 
+def _gather_channels(x, idx):
+    """``x``'s channels ``idx`` (N, k) as (N, k, H, W): one Gather of whole
+    H x W planes from ``x`` viewed as (N * C, H, W), at ``idx`` plus each
+    sample's ``n * C``. ONNX Runtime copies a plane at a time there, where a
+    GatherElements reads an expanded (N, k, H, W) index per element: 11-26
+    us less a block at batch 1 for ResNet50-MoD's maps (docs/speed.md)."""
+    shape = op.Shape(x)
+    n, c = (op.Squeeze(op.Slice(shape, [i], [i + 1])) for i in (0, 1))
+    planes = op.Reshape(x, op.Concat(op.Constant(value_ints=[-1]),
+                                     op.Slice(shape, [2], [4]), axis=0))
+    first = op.Mul(op.Range(op.Constant(value_int=0), n,
+                            op.Constant(value_int=1)), c)
+    return op.Gather(planes, op.Add(idx, op.Unsqueeze(first, [1])), axis=0)
+
+
 def select_channels(x, means, w1, b1, w2, b2, k: int):
     """``mmmod::select_channels`` in standard ONNX ops (the means are
     computed before it, by ``channel_means``' sum and division)."""
     logits = _linear(op.Relu(_linear(means, w1, b1)), w2, b2)
     top, idx = op.TopK(logits, op.Constant(value_ints=[k]), axis=1)
-    x_k = op.GatherElements(x, _expand_index(idx, x, k), axis=1)
-    return x_k, op.Sigmoid(top), idx
+    return _gather_channels(x, idx), op.Sigmoid(top), idx
 
 
 def fuse_channels(x, y, scores, idx, offset: int):

@@ -27,7 +27,7 @@ def _linear(g, x, weight, bias):
 
 
 def _expand_index(g, idx, x, k):
-    """(N, k) indices -> (N, k, H, W), for GatherElements/ScatterElements."""
+    """(N, k) indices -> (N, k, H, W), for ScatterElements."""
     shape = g.op('Shape', x)
     size = g.op('Concat', sh._slice_helper(g, shape, [0], [0], [1]),
                 _ints(g, [k]), sh._slice_helper(g, shape, [0], [2], [4]),
@@ -39,8 +39,26 @@ def _expand_index(g, idx, x, k):
 def select_channels(g, x, means, w1, b1, w2, b2, k):
     logits = _linear(g, g.op('Relu', _linear(g, means, w1, b1)), w2, b2)
     top, idx = g.op('TopK', logits, _ints(g, [k]), axis_i=1, outputs=2)
-    x_k = g.op('GatherElements', x, _expand_index(g, idx, x, k), axis_i=1)
-    return x_k, g.op('Sigmoid', top), idx
+    return _gather_channels(g, x, idx), g.op('Sigmoid', top), idx
+
+
+def _gather_channels(g, x, idx):
+    """One Gather of whole planes of ``x`` viewed as (N * C, H, W), at
+    ``idx`` plus each sample's ``n * C`` (mmmod.deployment.onnx's form)."""
+    shape = g.op('Shape', x)
+
+    def dim(i):
+        return sh._squeeze_helper(
+            g, sh._slice_helper(g, shape, [0], [i], [i + 1]), [0])
+
+    planes = g.op('Reshape', x, g.op('Concat', _ints(g, [-1]),
+                                     sh._slice_helper(g, shape, [0], [2], [4]),
+                                     axis_i=0))
+    zero, one = (g.op('Constant', value_t=torch.tensor(v)) for v in (0, 1))
+    first = g.op('Mul', g.op('Range', zero, dim(0), one), dim(1))
+    return g.op('Gather', planes,
+                g.op('Add', idx, sh._unsqueeze_helper(g, first, [1])),
+                axis_i=0)
 
 
 @sh.parse_args('v', 'v', 'v', 'v', 'i')
