@@ -53,16 +53,29 @@ def _seed():
     torch.manual_seed(0)
 
 
+def _managed_classes():
+    from mmengine.utils import ManagerMixin
+    todo, seen = [ManagerMixin], []
+    while todo:
+        cls = todo.pop()
+        seen.append(cls)
+        todo += cls.__subclasses__()
+    return [c for c in seen if '_instance_dict' in vars(c)]
+
+
 @pytest.fixture(autouse=True)
-def _default_scope():
-    """A test's default scope (``init_default_scope``, a runner) does not
-    outlive it: with mmdet's left as the default, mmpretrain's registry
-    builds mmdet's ResNeXtMoD, which takes other arguments."""
-    from mmengine.registry import DefaultScope
-    scopes = DefaultScope._instance_dict.copy()
+def _mmengine_globals():
+    """mmengine's global instances (default scope, visualizers, message
+    hubs, loggers) that a test makes do not outlive it: a runner reuses the
+    visualizer of the last one by name, with that run's work dir (deleted
+    once its test passes), and with mmdet's scope left as the default,
+    mmpretrain's registry builds mmdet's ResNeXtMoD, which takes other
+    arguments."""
+    before = {cls: cls._instance_dict.copy() for cls in _managed_classes()}
     yield
-    DefaultScope._instance_dict.clear()
-    DefaultScope._instance_dict.update(scopes)
+    for cls in _managed_classes():
+        cls._instance_dict.clear()
+        cls._instance_dict.update(before.get(cls, {}))
 
 
 ROOT = Path(__file__).resolve().parents[1]
