@@ -152,6 +152,27 @@ def test_plain_torch_onnx_export(dynamo, tmp_path):
         assert export_tool.max_abs_diff(model, sess, x2) <= 1e-4, name
 
 
+def test_torchscript_export_with_dynamic_axes_runs_other_shapes(tmp_path):
+    """The symbolic functions take the gather's plane offsets (n * C) and
+    the index shapes from the input's shape, not the traced one: a graph
+    exported with a dynamic batch and size runs other batches and sizes."""
+    import warnings
+    for name, model in plain_models().items():
+        path = str(tmp_path / 'model.onnx')
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(
+                model, (torch.randn(2, 3, 64, 64), ), path,
+                input_names=['x'],
+                dynamic_axes={'x': {0: 'n', 2: 'h', 3: 'w'}},
+                **({'dynamo': False} if DYNAMO_EXPORT else {}))
+        sess = export_tool.session(path)
+        for shape in [(3, 3, 64, 64), (1, 3, 32, 48), (5, 3, 96, 64)]:
+            x = input_without_near_ties(model, shape)
+            assert export_tool.max_abs_diff(model, sess, x) <= 1e-4, (
+                name, shape)
+
+
 @pytest.mark.e2e
 def test_export_tool_checks_and_times_against_the_baseline(tmp_path):
     results = export_tool.main([
