@@ -478,17 +478,26 @@ def test_tool_in_the_compile_modes(tmp_path):
     torch._dynamo.reset()
     counters.clear()
     out = tmp_path / 'speed.md'
-    benchmark_tool.main([
+    result = benchmark_tool.main([
         BASELINE, MOD, *TINY, '--modes', 'compile', 'compile-freeze',
         '--batch-sizes', '2', '--train-batch-sizes', '2', '--train-repeats',
-        '1', '--train-warmup', '1', '--out',
+        '1', '--train-warmup', '1', '--profile', '1', '--out',
         str(out)
     ])
     _check_run(out, ['compile', 'compile-freeze'], [2], ['compile'])
     # both modes compiled, each its own graphs: 5 models x (inference,
     # frozen inference) + 4 trained models
     assert counters['stats']['unique_graphs'] >= 14
-    # freezing was an option of its compile, not a process-wide setting
+    # frozen for real: the network's convolutions prepacked for oneDNN with
+    # BN folded in, which needs freezing set while dynamo traces, and only
+    # in that mode
+    for mode in ('compile', 'compile-freeze'):
+        for name in ('resnet18-mod', 'resnet18-mod' + bench.FLOOR):
+            ops = {row[0] for row in result['timings'][mode][2][name][
+                'profile']}
+            assert (('mkldnn::_convolution_pointwise' in ops) ==
+                    (mode == 'compile-freeze')), (mode, name, sorted(ops))
+    # freezing held for that mode, not process-wide
     assert torch._inductor.config.freezing is False
 
 

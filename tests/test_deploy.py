@@ -601,17 +601,25 @@ def test_deploy_true_builds_the_converted_structure():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('options', [{}, {'freezing': True}])
-def test_compiled_inference_form_equals_eager(options):
+@pytest.mark.parametrize('freezing', [False, True])
+def test_compiled_inference_form_equals_eager(freezing):
+    import torch._inductor.config as inductor_config
     torch._dynamo.reset()
     model = switch_to_deploy(backbone('resnet50'))
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
+    # freezing set while dynamo traces (the option alone leaves the weights
+    # graph inputs: nothing frozen), as docs/inference.md shows
+    with torch.no_grad(), inductor_config.patch(freezing=freezing):
         ref = outputs(model, x.clone())
-        compiled = torch.compile(model, dynamic=False, options=options)
+        compiled = torch.compile(model, dynamic=False,
+                                 options={'freezing': freezing})
         out = outputs(compiled, x.clone())
         again = outputs(compiled, x.clone())
         ran = op_counts(lambda: compiled(x.clone()))
+    # frozen: the network's convolutions prepacked, BN folded into them
+    prepacked = any(op.startswith('mkldnn::_convolution_pointwise')
+                    for op in ran)
+    assert prepacked == (freezing and torch.backends.mkldnn.is_available())
     for o, a, r in zip(out, again, ref):
         torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
         assert torch.equal(o, a)

@@ -95,11 +95,13 @@ class CUDAGraphRunner:
 class Mode:
     """How a mode runs a model: on which device, made into what by
     ``make`` (called once per model; None: exported to ONNX per batch
-    size), and whether its training step is timed too."""
+    size), whether its training step is timed too, and the inductor
+    settings that hold while it runs (traces and compiles included)."""
     device: str
     make: Optional[Callable[[nn.Module], Callable]]
     trains: bool = False
     help: str = ''
+    inductor: Optional[dict] = None
 
 
 MODES = {
@@ -108,9 +110,15 @@ MODES = {
     'compile':
     Mode('cpu', _compiled(), True, 'torch.compile (inductor defaults)'),
     'compile-freeze':
+    # freezing set for the whole mode: dynamo reads it when it traces
+    # (is_parameter_freezing); with torch.compile's option alone it lifts
+    # the weights as graph inputs, leaving inductor nothing to freeze. The
+    # option too: a backend unlike the compile mode's, whose graphs of the
+    # same models dynamo would otherwise reuse
     Mode('cpu', _compiled(options={'freezing': True}), False,
          'torch.compile, inductor freezing (weights constant: conv-BN '
-         'folding, weight prepacking; inference only)'),
+         'folding, weight prepacking; inference only)',
+         inductor={'freezing': True}),
     'onnxruntime':
     Mode('cpu', None, False, 'ONNX Runtime CPU session, same thread count '
          '(mmmod.deployment.export, one static graph per batch size)'),
@@ -296,7 +304,9 @@ def _time_mode(mode_name, models, plan, warnings, log):
     options = {limit: 8 * graphs}
     if hasattr(config, 'fail_on_recompile_limit_hit'):
         options['fail_on_recompile_limit_hit'] = True
-    with config.patch(**options):
+    import torch._inductor.config as inductor_config
+    with config.patch(**options), \
+            inductor_config.patch(MODES[mode_name].inductor or {}):
         return _time_mode_in(mode_name, models, plan, warnings, log)
 
 

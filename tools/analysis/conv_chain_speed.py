@@ -16,6 +16,7 @@ import os
 import os.path as osp
 
 import torch
+import torch._inductor.config as inductor_config
 
 from mmmod.analysis.benchmark import check_batch_sizes
 from mmmod.apis import (add_input_size, add_threads, parse_tool_args,
@@ -66,11 +67,16 @@ def rows(model, args):
         if chain is None:
             continue  # not a chain: the inference form keeps its modules
         chosen = ConvChain.of(folded) is not None
-        compiled = torch.compile(
-            copy.deepcopy(folded), dynamic=False, options={'freezing': True})
+        # each block's graphs alone in dynamo's cache (the blocks share
+        # Sequential.forward): no other block's guards checked before its
+        # own, no recompile limit reached
+        torch._dynamo.reset()
+        compiled = torch.compile(copy.deepcopy(folded), dynamic=False)
         for batch in args.batch_sizes:
             x = torch.randn(batch, block.k, *shape[2:])
-            with torch.no_grad():
+            # freezing while dynamo traces too (torch.compile's options
+            # would leave the weights graph inputs, nothing frozen)
+            with torch.no_grad(), inductor_config.patch(freezing=True):
                 stats = time_interleaved(
                     {'oneDNN': lambda: folded(x), 'inductor':
                      lambda: compiled(x), 'conv_chain': lambda: chain(x)},
