@@ -426,7 +426,7 @@ class ConvChain(nn.Module):
     whatever its size; the C++ kernel computes the whole block directly.
     :meth:`of` makes one from a folded Conv-Block where that pays: at most
     :attr:`MAX_MACS_PER_PIXEL` multiply-adds a pixel. ResNet-MoD's
-    Conv-Blocks at c = 64 have 17-1152 (the kernel runs them 3-7x faster
+    Conv-Blocks at c = 64 have 17-1152 (the kernel runs them 2.6-7x faster
     than oneDNN's three convs, batch 1 and 8, on a 2-core AMD EPYC); at
     4352 (k = 64) oneDNN wins at batch 8, and beyond it everywhere.
     """
@@ -443,10 +443,11 @@ class ConvChain(nn.Module):
                          conv.weight.new_zeros(conv.out_channels),
                          requires_grad=False) for conv, _ in convs
         ])
-        self.meta = [
+        # a tuple: dynamo guards it as one constant, a list entry by entry
+        # (18 guards a block, checked on every compiled call)
+        self.meta = tuple(
             v for conv, act in convs
-            for v in (*conv.padding, *conv.dilation, conv.groups, act)
-        ]
+            for v in (*conv.padding, *conv.dilation, conv.groups, act))
         self.residual = residual
         self.final_act = final_act
 
