@@ -601,11 +601,12 @@ def test_deploy_true_builds_the_converted_structure():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('fusion', FUSIONS)
 @pytest.mark.parametrize('freezing', [False, True])
-def test_compiled_inference_form_equals_eager(freezing):
+def test_compiled_inference_form_equals_eager(freezing, fusion):
     import torch._inductor.config as inductor_config
     torch._dynamo.reset()
-    model = switch_to_deploy(backbone('resnet50'))
+    model = switch_to_deploy(backbone('resnet50', fusion=fusion))
     x = torch.randn(2, 3, 64, 64)
     # freezing set while dynamo traces (the option alone leaves the weights
     # graph inputs: nothing frozen), as docs/inference.md shows
