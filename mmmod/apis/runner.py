@@ -95,9 +95,16 @@ def close_distributed(finished=True):
     interpreter shuts down aborts the process ("terminate called without an
     active exception", about 1 run in 3 of tools/dist_train.sh on CPU).
     After a failure the other ranks may never arrive, so do not wait.
+    The finished runner is collected first: its DDP wrapper holds the
+    process group, which would otherwise outlive ``destroy_process_group``
+    until the runner's reference cycles are collected at interpreter
+    shutdown, where its worker threads can abort the process alike.
     """
+    import gc
+
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         if finished:
             dist.barrier()
         dist.destroy_process_group()
