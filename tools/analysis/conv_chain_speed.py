@@ -71,11 +71,12 @@ def rows(model, args):
         # Sequential.forward): no other block's guards checked before its
         # own, no recompile limit reached
         torch._dynamo.reset()
-        compiled = torch.compile(copy.deepcopy(folded), dynamic=False)
+        compiled = torch.compile(copy.deepcopy(folded), dynamic=False,
+                                 options={'freezing': True})
         for batch in args.batch_sizes:
             x = torch.randn(batch, block.k, *shape[2:])
-            # freezing while dynamo traces too (torch.compile's options
-            # would leave the weights graph inputs, nothing frozen)
+            # freezing while dynamo traces too (the option alone leaves the
+            # weights graph inputs, nothing frozen: docs/inference.md)
             with torch.no_grad(), inductor_config.patch(freezing=True):
                 stats = time_interleaved(
                     {'oneDNN': lambda: folded(x), 'inductor':
