@@ -53,3 +53,41 @@ def test_run_options_of_train_and_test(name, monkeypatch):
     assert args.partial_load and args.preflight
     assert args.cfg_options == ['a=1', 'b=2']
     assert os.environ['LOCAL_RANK'] == '3'
+
+
+def test_close_distributed_frees_the_process_group_of_a_finished_run(
+        tmp_path):
+    """A finished runner, unreachable but in reference cycles (as mmengine's
+    is), holds its DDP wrapper and so the process group: close_distributed
+    collects it before tearing the group down, rather than leaving both to
+    interpreter shutdown."""
+    import gc
+    import weakref
+
+    import torch
+    import torch.distributed as dist
+    from mmmod.apis.runner import close_distributed
+
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store',
+                            rank=0, world_size=1)
+    enabled = gc.isenabled()
+    gc.disable()  # (the test decides when cycles are collected)
+    try:
+        class Run:  # a runner in a cycle with its model
+            pass
+
+        run = Run()
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            torch.nn.Linear(2, 2))
+        run.self = run
+        ddp = weakref.ref(run.model)
+        del run
+        assert ddp() is not None  # (kept by the cycle alone)
+        close_distributed()
+        assert ddp() is None
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if enabled:
+            gc.enable()
