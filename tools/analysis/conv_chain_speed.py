@@ -18,7 +18,7 @@ import os.path as osp
 import torch
 import torch._inductor.config as inductor_config
 
-from mmmod.analysis.benchmark import check_batch_sizes
+from mmmod.analysis.benchmark import MODES, check_batch_sizes
 from mmmod.apis import (add_input_size, add_threads, parse_tool_args,
                         tool_parser)
 from mmmod.utils import format_table, time_interleaved
@@ -71,13 +71,12 @@ def rows(model, args):
         # Sequential.forward): no other block's guards checked before its
         # own, no recompile limit reached
         torch._dynamo.reset()
-        compiled = torch.compile(copy.deepcopy(folded), dynamic=False,
-                                 options={'freezing': True})
+        # compiled as the benchmark's compile-freeze mode compiles
+        frozen = MODES['compile-freeze']
+        compiled = frozen.make(copy.deepcopy(folded))
         for batch in args.batch_sizes:
             x = torch.randn(batch, block.k, *shape[2:])
-            # freezing while dynamo traces too (the option alone leaves the
-            # weights graph inputs, nothing frozen: docs/inference.md)
-            with torch.no_grad(), inductor_config.patch(freezing=True):
+            with torch.no_grad(), inductor_config.patch(frozen.inductor):
                 stats = time_interleaved(
                     {'oneDNN': lambda: folded(x), 'inductor':
                      lambda: compiled(x), 'conv_chain': lambda: chain(x)},
