@@ -16,6 +16,23 @@ needs_opcheck = pytest.mark.skipif(
     reason=f'torch {torch.__version__} has no torch.library.opcheck')
 
 
+#: OpOverload.redispatch, which gpu_kernel needs (not in torch 2.1)
+needs_redispatch = pytest.mark.skipif(
+    not hasattr(torch._ops.OpOverload, 'redispatch'),
+    reason=f'torch {torch.__version__} has no OpOverload.redispatch')
+
+
+def gpu_kernel(op):
+    """``mmmod::op``'s CUDA kernel (the extension's composite in C++ ATen
+    ops, device-generic), callable on CPU tensors: the call is redispatched
+    to the dispatcher's CUDA entry, so no GPU is needed to run it."""
+    handle = getattr(torch.ops.mmmod, op).default
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f'mmmod::{op}',
+                                                          'CUDA')
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    return lambda *args: handle.redispatch(keys, *args)
+
+
 def cpu_supports(dtype):
     """Whether this torch's CPU kernels do matrix products in ``dtype``
     (float16 only from torch 2.2)."""

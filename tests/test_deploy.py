@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
-from conftest import cpu_supports, needs_opcheck
+from conftest import (cpu_supports, gpu_kernel, needs_opcheck,
+                      needs_redispatch)
 
 from mmmod.layers import (FUSIONS, HAS_EXT, ConvChain, MoDBlock,
                           fold_conv_bn, mod_blocks, ops, switch_to_deploy)
@@ -131,6 +132,28 @@ def test_conv_chain_kernel_equals_the_composite(seed, layout):
     assert torch.equal(scaled, out * scale[:, :, None, None])
     torch.testing.assert_close(
         scaled, ops._conv_chain_composite(*args, scale), rtol=1e-5, atol=1e-5)
+
+
+@needs_ext
+@needs_redispatch
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_conv_chain_gpu_kernel_equals_the_composite(layout):
+    """The CUDA kernel (the composite in C++ ATen ops, with the
+    activations, residual add and scale in place on its own tensors) gives
+    the composite's output bit for bit, in x's layout; run here on CPU
+    tensors (conftest.gpu_kernel)."""
+    chain = gpu_kernel('conv_chain')
+    for seed in range(12):
+        args = chain_case(seed, layout)
+        scale = torch.rand(args[0].shape[0], args[1][-1].shape[0])
+        for extra in ((), (scale, )):
+            out = chain(*args, *extra)
+            ref = ops._conv_chain_composite(*args, *extra)
+            assert torch.equal(out, ref), seed
+            assert out.is_contiguous(memory_format=ops._layout(args[0]))
+    with pytest.raises(RuntimeError, match='does not take'):
+        chain(args[0], [torch.randn(2, args[0].shape[1] + 1, 1, 1)],
+              [torch.randn(2)], [0, 0, 1, 1, 1, 0], False, 0)
 
 
 def test_conv_chain_rejects_bad_arguments():
@@ -332,10 +355,11 @@ def test_inference_form_equals_the_training_form(kind, fusion, layout):
 @pytest.mark.parametrize('kind', ['resnet50', 'mobilenet'])
 @pytest.mark.parametrize('fusion', FUSIONS)
 def test_inference_form_on_cuda_and_in_a_cuda_graph(kind, fusion):
-    """On the GPU (the ops' composites) the inference form chooses the
-    training form's channels and gives its output, also when captured as a
-    CUDA graph (the benchmark's cuda-graphs mode) and replayed on new
-    input."""
+    """On the GPU (the extension's CUDA kernels, or the composites
+    without it) the inference form chooses the training form's channels
+    and gives its output, also when captured as a CUDA graph (the
+    benchmark's cuda-graphs mode) and replayed on new input. ResNet's
+    chains run cuDNN's fused conv + bias + ReLU (and + residual + ReLU)."""
     from mmmod.analysis.benchmark import CUDAGraphRunner
 
     model = backbone(kind, fusion=fusion).cuda()
@@ -349,6 +373,11 @@ def test_inference_form_on_cuda_and_in_a_cuda_graph(kind, fusion):
                    for b in mod_blocks(deployed))
         for o, r in zip(outputs(deployed, x.clone()), ref):
             torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)
+        ran = ops_run(lambda: deployed(x.clone()))
+        fused = {'aten::cudnn_convolution_relu',
+                 'aten::cudnn_convolution_add_relu'}
+        # MobileNet's chains: ReLU6 and depthwise convs, never fused
+        assert (ran >= fused) == (HAS_EXT and kind == 'resnet50'), ran
         graph = CUDAGraphRunner(deployed)
         graph(x)  # captured on a copy of x
         for o, r in zip(outputs(graph, x2), ref2):  # replayed on x2

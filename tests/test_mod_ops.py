@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
-from conftest import needs_opcheck
+from conftest import gpu_kernel, needs_opcheck, needs_redispatch
 
 from mmmod.layers import FUSIONS, HAS_EXT, MoDBlock, ops
 
@@ -251,6 +251,45 @@ def test_cpu_kernels_are_registered_with_the_dispatcher():
         x, x.mean((2, 3)), w1, None, w2, None, 4))
     assert 'mmmod::select_channels' in called
     assert 'aten::gather' not in called  # the composite gathers
+
+
+@needs_ext
+@needs_redispatch
+@pytest.mark.parametrize('layout', sorted(LAYOUTS))
+def test_gpu_kernels_match_the_composite(layout):
+    """The extension's CUDA kernels (the composites in C++ ATen ops: an
+    eager call on the GPU runs no Python) give the composite's outputs bit
+    for bit, in its layouts, on fuzzed shapes, c, batches, biases and
+    fusions; run here on CPU tensors (conftest.gpu_kernel)."""
+    select, fuse = gpu_kernel('select_channels'), gpu_kernel('fuse_channels')
+    gen = torch.Generator().manual_seed(len(layout))
+    for trial in range(12):
+        n = int(torch.randint(1, 9, (), generator=gen))
+        channels = int(torch.randint(2, 65, (), generator=gen))
+        h, w = (int(v) for v in torch.randint(1, 8, (2, ), generator=gen))
+        k = int(torch.randint(1, channels + 1, (), generator=gen))
+        hidden = max(1, channels // 4)
+        torch.manual_seed(trial)
+        x = LAYOUTS[layout](torch.randn(n, channels, h, w))
+        w1, w2 = weights('random' if trial % 3 else 'exact-ties', channels,
+                         hidden)
+        b1 = torch.randn(hidden) if trial % 2 else None
+        b2 = torch.randn(channels) if trial % 4 == 1 else None
+        args = (x, x.mean((2, 3)), w1, b1, w2, b2, k)
+        got = select(*args)
+        for g, r in zip(got, ops._select_channels_composite(*args)):
+            assert torch.equal(g, r) and g.stride() == r.stride(), trial
+        y = LAYOUTS[layout](torch.randn_like(got[0]))
+        for fusion in FUSIONS:
+            fargs = (x, y, got[1], got[2], OFFSET[fusion](channels, k))
+            out = fuse(*fargs)
+            want = ops._fuse_channels_composite(*fargs)
+            assert torch.equal(out, want), (trial, fusion)
+            assert out.stride() == want.stride(), (trial, fusion)
+    with pytest.raises(RuntimeError, match='k=0 is not in'):
+        select(*args[:-1], 0)
+    with pytest.raises(RuntimeError, match=r'offset=\d+ \+ k'):
+        fuse(x, y, got[1], got[2], channels)
 
 
 @needs_opcheck
@@ -724,14 +763,24 @@ def test_onnx_runtime_equals_training_graph(fusion, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 @pytest.mark.parametrize('fusion', FUSIONS)
-def test_cuda_runs_the_composite(fusion):
+def test_cuda_kernels_equal_the_training_graph(fusion):
+    """On the GPU the ops run the extension's CUDA kernels where it is
+    built (the composites otherwise) and give the training graph's output
+    and gradients."""
     block = make_block(fusion=fusion)
     x = torch.randn(3, 32, 5, 3)
     want, _ = training_graph(block, x)
     block.cuda()
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True,
+                                                     allow_tf32=False):
         out = block(x.cuda())
+        called = ops_run(lambda: block(x.cuda()))
     assert torch.allclose(out.cpu(), want, atol=1e-5)
+    assert {'mmmod::select_channels', 'mmmod::fuse_channels'} <= called
+    # the C++ kernel adds in place into its own copy; the composite's
+    # slice_scatter and scatter_add make new maps
+    composite = bool(called & {'aten::slice_scatter', 'aten::scatter_add'})
+    assert composite != HAS_EXT, called
     xc = x.cuda().requires_grad_()
     block.train()(xc).sum().backward()
     assert xc.grad is not None

@@ -42,10 +42,12 @@ Each op has, here or in ``csrc/ops.cpp``:
 * a CPU kernel in C++ (``mmmod._ext``, when built, unless the environment
   says ``MMMOD_WITH_EXT=0``): an eager call costs a dispatcher call, not a
   Python function;
+* a CUDA kernel in the same extension: the composite below in C++ ATen ops
+  (the GPU's own kernels, without Python between them);
 * a composite implementation in standard ATen ops (``_*_composite``): the
-  kernel for every other device (CUDA) and for installs without the
-  extension (``MMMOD_WITH_EXT=0``), and the reference the tests compare the
-  kernels with;
+  kernel for every other device and for installs without the extension
+  (``MMMOD_WITH_EXT=0``), and the reference the tests compare the kernels
+  with;
 * a fake implementation, for ``torch.compile`` and ``torch.export``;
 * autograd for the two training ops (their backward in ATen ops), so that
   training runs the same ops: in C++ where the extension is built (a call
@@ -129,7 +131,7 @@ if os.environ.get('MMMOD_WITH_EXT', '1') != '0':
                 'against this torch: pip install --no-build-isolation -e . '
                 '(or set MMMOD_WITH_EXT=0 to run without it)', stacklevel=2)
 
-#: Whether the CPU kernels of ``mmmod._ext`` serve the ops on CPU.
+#: Whether ``mmmod._ext``'s kernels serve the ops on CPU and CUDA.
 HAS_EXT = _ext is not None
 
 
@@ -285,7 +287,7 @@ def _conv_chain(x, weights, biases, meta, residual, final_act, scale=None):
                                  final_act, scale)
 
 
-# every device's kernel, but for CPU's when mmmod._ext is built
+# every device's kernel, but for CPU's and CUDA's when mmmod._ext is built
 _lib.impl('select_channels', _select_channels, 'CompositeExplicitAutograd')
 _lib.impl('fuse_channels', _fuse_channels, 'CompositeExplicitAutograd')
 _lib.impl('conv_chain', _conv_chain, 'CompositeExplicitAutograd')

@@ -1,5 +1,6 @@
-// The CPU kernels of the MoD block's ops, registered with PyTorch's
-// dispatcher (TORCH_LIBRARY_IMPL below). The schemas and the rest of each op
+// The CPU kernels of the MoD block's ops, and their CUDA kernels (the
+// composites in ATen ops), registered with PyTorch's dispatcher
+// (TORCH_LIBRARY_IMPL below). The schemas and the rest of each op
 // (composite implementation for other devices, fake tensor rule, autograd)
 // are in mmmod/layers/ops.py, which imports this module; their ONNX forms are
 // in mmmod/deployment/onnx.py.
@@ -144,18 +145,22 @@ at::Tensor selector_logits(const at::Tensor& means, const at::Tensor& w1,
   return logits;
 }
 
+void check_select(const at::Tensor& x, const at::Tensor& means,
+                  int64_t k) {
+  check_map(x, "select_channels", "x");
+  TORCH_CHECK(1 <= k && k <= x.size(1), "mmmod::select_channels: k=", k,
+              " is not in [1, ", x.size(1), "]");
+  TORCH_CHECK(means.dim() == 2 && means.size(0) == x.size(0) &&
+                  means.size(1) == x.size(1),
+              "mmmod::select_channels: means must have shape (", x.size(0),
+              ", ", x.size(1), ") (x's channel means), got ", means.sizes());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
     const at::Tensor& x_any, const at::Tensor& means, const at::Tensor& w1,
     const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
     const c10::optional<at::Tensor>& b2, int64_t k) {
-  check_map(x_any, "select_channels", "x");
-  TORCH_CHECK(1 <= k && k <= x_any.size(1), "mmmod::select_channels: k=", k,
-              " is not in [1, ", x_any.size(1), "]");
-  TORCH_CHECK(means.dim() == 2 && means.size(0) == x_any.size(0) &&
-                  means.size(1) == x_any.size(1),
-              "mmmod::select_channels: means must have shape (",
-              x_any.size(0), ", ", x_any.size(1),
-              ") (x's channel means), got ", means.sizes());
+  check_select(x_any, means, k);
   auto top = at::topk(selector_logits(means, w1, b1, w2, b2), k, /*dim=*/1);
   auto scores = std::get<0>(top).sigmoid();
   auto idx = std::get<1>(top).contiguous();
@@ -207,11 +212,9 @@ void add_channels(const at::Tensor& y, const T* sp,
   }
 }
 
-// Checks fuse_channels' arguments; returns each sample's target channels.
-std::vector<int64_t> fuse_targets(const at::Tensor& x,
-                                  const at::Tensor& y,
-                                  const at::Tensor& scores,
-                                  const at::Tensor& idx_any, int64_t offset) {
+void check_fuse(const at::Tensor& x, const at::Tensor& y,
+                const at::Tensor& scores, const at::Tensor& idx_any,
+                int64_t offset) {
   check_map(x, "fuse_channels", "x");
   check_map(y, "fuse_channels", "y");
   const int64_t n = x.size(0), c = x.size(1), k = y.size(1);
@@ -233,6 +236,16 @@ std::vector<int64_t> fuse_targets(const at::Tensor& x,
               "), got ", idx_any.scalar_type(), " ", idx_any.sizes());
   TORCH_CHECK(offset < 0 || offset + k <= c, "mmmod::fuse_channels: offset=",
               offset, " + k=", k, " exceeds the ", c, " channels of x");
+}
+
+// Checks fuse_channels' arguments; returns each sample's target channels
+// (read on the host: CPU tensors).
+std::vector<int64_t> fuse_targets(const at::Tensor& x,
+                                  const at::Tensor& y,
+                                  const at::Tensor& scores,
+                                  const at::Tensor& idx_any, int64_t offset) {
+  check_fuse(x, y, scores, idx_any, offset);
+  const int64_t n = x.size(0), c = x.size(1), k = y.size(1);
   const auto idx = idx_any.contiguous();
   const int64_t* ip = idx.data_ptr<int64_t>();
   std::vector<int64_t> dst(n * k);
@@ -471,35 +484,28 @@ void run_chain(const at::Tensor& x, at::TensorList weights,
   }
 }
 
-at::Tensor activated(const at::Tensor& y, int64_t act) {
-  return act == 1 ? y.relu() : act == 2 ? at::hardtanh(y, 0, 6) : y;
-}
-
-// Half and bfloat16 maps: the chain in ATen ops (oneDNN's low-precision
-// convolutions), as the composite computes it.
-at::Tensor chain_with_aten(const at::Tensor& x,
-                           const std::vector<at::Tensor>& weights,
-                           const std::vector<c10::optional<at::Tensor>>& biases,
-                           at::IntArrayRef meta, bool residual,
-                           int64_t final_act,
-                           const c10::optional<at::Tensor>& scale) {
-  at::Tensor y = x;
-  for (size_t l = 0; l < weights.size(); ++l) {
-    const int64_t* m = meta.data() + l * kMeta;
-    y = activated(at::conv2d(y, weights[l], biases[l], {1, 1}, {m[0], m[1]},
-                             {m[2], m[3]}, m[4]),
-                  m[5]);
+void activate_(at::Tensor& y, int64_t act) {
+  if (act == 1) {
+    y.relu_();
+  } else if (act == 2) {
+    at::hardtanh_(y, 0, 6);
   }
-  y = activated(residual ? y + x : y, final_act);
-  return scale ? y * scale->unsqueeze(-1).unsqueeze(-1) : y;
 }
 
-at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
-                          at::TensorList biases_any,
-                          at::IntArrayRef meta, bool residual,
-                          int64_t final_act,
-                          const c10::optional<at::Tensor>& scale_any) {
-  check_map(x_any, "conv_chain", "x");
+// conv_chain's arguments, checked, the weights, biases and scale in x's
+// dtype (autocast leaves a custom op's weights as they are) and contiguous.
+struct ChainArgs {
+  std::vector<at::Tensor> weights;
+  std::vector<c10::optional<at::Tensor>> biases;
+  c10::optional<at::Tensor> scale;
+  int64_t channels;  // of the output
+};
+
+ChainArgs chain_args(const at::Tensor& x, at::TensorList weights_any,
+                     at::TensorList biases_any, at::IntArrayRef meta,
+                     bool residual, int64_t final_act,
+                     const c10::optional<at::Tensor>& scale_any) {
+  check_map(x, "conv_chain", "x");
   const int64_t layers = static_cast<int64_t>(weights_any.size());
   TORCH_CHECK(layers >= 1 &&
                   static_cast<int64_t>(biases_any.size()) == layers &&
@@ -507,10 +513,7 @@ at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
               "mmmod::conv_chain: ", layers, " weights need as many biases ",
               "and ", kMeta, " meta values each, got ", biases_any.size(),
               " and ", meta.size());
-  const auto format = layout_of(x_any);
-  const at::Tensor x = x_any.contiguous(format);
-  std::vector<at::Tensor> weights;
-  std::vector<c10::optional<at::Tensor>> biases;
+  ChainArgs args;
   int64_t channels = x.size(1);
   for (int64_t l = 0; l < layers; ++l) {
     const auto& wt = weights_any[l];
@@ -527,13 +530,12 @@ at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
                 "mmmod::conv_chain: layer ", l, ": padding (", m[0], ", ",
                 m[1], ") and dilation (", m[2], ", ", m[3], ") must keep ",
                 "the size of the map, act must be 0, 1 or 2, got ", m[5]);
-    // in the map's dtype (autocast leaves a custom op's weights as they are)
-    weights.push_back(wt.to(x.scalar_type()).contiguous());
+    args.weights.push_back(wt.to(x.scalar_type()).contiguous());
     const auto& b = biases_any[l];
     TORCH_CHECK(b.dim() == 1 && b.size(0) == wt.size(0),
                 "mmmod::conv_chain: layer ", l, ": bias must have shape (",
                 wt.size(0), ")");
-    biases.push_back(b.to(x.scalar_type()).contiguous());
+    args.biases.push_back(b.to(x.scalar_type()).contiguous());
     channels = wt.size(0);
   }
   TORCH_CHECK(!residual || channels == x.size(1), "mmmod::conv_chain: the ",
@@ -547,19 +549,129 @@ at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights_any,
               "mmmod::conv_chain: scale must have shape (", x.size(0), ", ",
               channels, "), got ", scale_any ? scale_any->sizes()
                                              : at::IntArrayRef{});
-  c10::optional<at::Tensor> scale;
-  if (scale_any) scale = scale_any->to(x.scalar_type()).contiguous();
+  if (scale_any) args.scale = scale_any->to(x.scalar_type()).contiguous();
+  args.channels = channels;
+  return args;
+}
+
+// Whether cuDNN's fused convolutions may serve x's chain: conv + bias +
+// ReLU in one call (cudnn_convolution_relu) instead of a convolution, a
+// bias add and a ReLU, three launches; and the last conv + bias + the
+// residual + ReLU likewise (cudnn_convolution_add_relu). On an H200 they
+// give the same float32 values and take ResNet75-MoD's eleven chains from
+// 237 to 154 us of GPU time at batch 1 (docs/speed.md). Not where the user
+// asks for deterministic algorithms (the fused path has no such choice).
+bool cudnn_fusable(const at::Tensor& x) {
+  const auto& ctx = at::globalContext();
+  const auto t = x.scalar_type();
+  return x.is_cuda() && ctx.hasCuDNN() && ctx.userEnabledCuDNN() &&
+         !ctx.deterministicCuDNN() && !ctx.deterministicAlgorithms() &&
+         (t == at::kFloat || t == at::kHalf || t == at::kBFloat16);
+}
+
+// The chain in ATen ops, as the composite computes it (the activations, the
+// residual add and the scale in place on the chain's own new tensors): CPU
+// maps in half and bfloat16 (oneDNN's low-precision convolutions), and
+// every map on the GPU, there with cuDNN's fusions where `fused`. An
+// ungrouped conv followed by a ReLU is one fused call; a fusion cuDNN finds
+// no engine for (an error) falls back to the plain ops.
+at::Tensor chain_with_aten(const at::Tensor& x, const ChainArgs& args,
+                           at::IntArrayRef meta, bool residual,
+                           int64_t final_act, bool fused = false) {
+  at::Tensor y = x;
+  const size_t layers = args.weights.size();
+  for (size_t l = 0; l < layers; ++l) {
+    const int64_t* m = meta.data() + l * kMeta;
+    const auto& w = args.weights[l];
+    const auto& b = args.biases[l];
+    if (fused && m[4] == 1) {
+      try {
+        if (m[5] == 1) {
+          y = at::cudnn_convolution_relu(y, w, b, {1, 1}, {m[0], m[1]},
+                                         {m[2], m[3]}, 1);
+          continue;
+        }
+        if (l + 1 == layers && m[5] == 0 && residual && final_act == 1) {
+          auto out = at::cudnn_convolution_add_relu(
+              y, w, x, 1, b, {1, 1}, {m[0], m[1]}, {m[2], m[3]}, 1);
+          if (args.scale) out.mul_(args.scale->unsqueeze(-1).unsqueeze(-1));
+          return out.contiguous(layout_of(x));
+        }
+      } catch (const c10::Error&) {
+      }
+    }
+    y = at::conv2d(y, w, b, {1, 1}, {m[0], m[1]}, {m[2], m[3]}, m[4]);
+    activate_(y, m[5]);
+  }
+  if (residual) y.add_(x);
+  activate_(y, final_act);
+  if (args.scale) y.mul_(args.scale->unsqueeze(-1).unsqueeze(-1));
+  return y.contiguous(layout_of(x));
+}
+
+at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights,
+                          at::TensorList biases, at::IntArrayRef meta,
+                          bool residual, int64_t final_act,
+                          const c10::optional<at::Tensor>& scale) {
+  check_map(x_any, "conv_chain", "x");
+  const auto format = layout_of(x_any);
+  const at::Tensor x = x_any.contiguous(format);
+  const auto args =
+      chain_args(x, weights, biases, meta, residual, final_act, scale);
   if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble)
-    return chain_with_aten(x, weights, biases, meta, residual, final_act,
-                           scale)
-        .contiguous(format);
-  auto out = at::empty({x.size(0), channels, x.size(2), x.size(3)},
+    return chain_with_aten(x, args, meta, residual, final_act);
+  auto out = at::empty({x.size(0), args.channels, x.size(2), x.size(3)},
                        x.options().memory_format(format));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_chain", [&] {
-    run_chain<scalar_t>(x, weights, biases, meta, residual, final_act,
-                        scale ? scale->data_ptr<scalar_t>() : nullptr, out);
+    run_chain<scalar_t>(x, args.weights, args.biases, meta, residual,
+                        final_act,
+                        args.scale ? args.scale->data_ptr<scalar_t>()
+                                   : nullptr,
+                        out);
   });
   return out;
+}
+
+// The GPU's kernels: ops.py's composites, in C++ ATen ops. An eager call
+// then costs one dispatcher call, not torch.library's Python kernel and
+// the Python of the composite (on a GPU at batch 1 the host's time per op
+// is what a MoD block costs, docs/speed.md). Registered for CUDA; as
+// device-generic ATen code they run on any tensors (the tests call them on
+// CPU tensors through the dispatcher's CUDA entry).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_aten(
+    const at::Tensor& x, const at::Tensor& means, const at::Tensor& w1,
+    const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
+    const c10::optional<at::Tensor>& b2, int64_t k) {
+  check_select(x, means, k);
+  auto [logits, idx] =
+      at::topk(at::linear(at::linear(means, w1, b1).relu_(), w2, b2), k,
+               /*dim=*/1);
+  auto x_k = x.gather(1, idx.unsqueeze(-1).unsqueeze(-1).expand(
+                             {-1, -1, x.size(2), x.size(3)}))
+                 .contiguous(layout_of(x));
+  return {x_k, logits.sigmoid_(), idx};
+}
+
+at::Tensor fuse_channels_aten(const at::Tensor& x, const at::Tensor& y,
+                              const at::Tensor& scores, const at::Tensor& idx,
+                              int64_t offset) {
+  check_fuse(x, y, scores, idx, offset);
+  auto out = x.clone(layout_of(x));
+  const auto scaled = y * scores.unsqueeze(-1).unsqueeze(-1);
+  if (offset < 0)
+    return out.scatter_add_(
+        1, idx.unsqueeze(-1).unsqueeze(-1).expand_as(scaled), scaled);
+  out.narrow(1, offset, y.size(1)).add_(scaled);
+  return out;
+}
+
+at::Tensor conv_chain_aten(const at::Tensor& x, at::TensorList weights,
+                           at::TensorList biases, at::IntArrayRef meta,
+                           bool residual, int64_t final_act,
+                           const c10::optional<at::Tensor>& scale) {
+  return chain_with_aten(
+      x, chain_args(x, weights, biases, meta, residual, final_act, scale),
+      meta, residual, final_act, cudnn_fusable(x));
 }
 
 using SelectOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
@@ -814,6 +926,12 @@ TORCH_LIBRARY_IMPL(mmmod, CPU, m) {
   m.impl("select_channels", &select_channels_cpu);
   m.impl("fuse_channels", &fuse_channels_cpu);
   m.impl("conv_chain", &conv_chain_cpu);
+}
+
+TORCH_LIBRARY_IMPL(mmmod, CUDA, m) {
+  m.impl("select_channels", &select_channels_aten);
+  m.impl("fuse_channels", &fuse_channels_aten);
+  m.impl("conv_chain", &conv_chain_aten);
 }
 
 // Importing mmmod._ext runs the registrations above; it has no Python API.
