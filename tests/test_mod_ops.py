@@ -114,6 +114,17 @@ def weights(kind, channels, hidden):
     return w1, w2
 
 
+def fuzzed_map(gen, layout, seed):
+    """A map of a random shape (batch 1..8, 2..64 channels, odd and 1x1
+    sizes) in ``layout``, and a k among its channels."""
+    n = int(torch.randint(1, 9, (), generator=gen))
+    channels = int(torch.randint(2, 65, (), generator=gen))
+    h, w = (int(v) for v in torch.randint(1, 8, (2, ), generator=gen))
+    k = int(torch.randint(1, channels + 1, (), generator=gen))
+    torch.manual_seed(seed)
+    return LAYOUTS[layout](torch.randn(n, channels, h, w)), k
+
+
 # ---------------------------------------------------------------- the ops
 
 
@@ -129,13 +140,9 @@ def test_cpu_kernels_match_the_composite(layout, kind):
     but among near-ties); the chosen channels are copied bit for bit."""
     gen = torch.Generator().manual_seed(hash((layout, kind)) % 2**31)
     for trial in range(12):
-        n = int(torch.randint(1, 9, (), generator=gen))
-        channels = int(torch.randint(2, 65, (), generator=gen))
-        h, w = (int(v) for v in torch.randint(1, 8, (2, ), generator=gen))
-        k = int(torch.randint(1, channels + 1, (), generator=gen))
+        x, k = fuzzed_map(gen, layout, trial)
+        n, channels, h, w = x.shape
         hidden = max(1, channels // 4)
-        torch.manual_seed(trial)
-        x = LAYOUTS[layout](torch.randn(n, channels, h, w))
         w1, w2 = weights(kind, channels, hidden)
         b1 = torch.randn(hidden) if trial % 2 else None
         args = (x, x.mean((2, 3)), w1, b1, w2, None, k)
@@ -264,13 +271,9 @@ def test_gpu_kernels_match_the_composite(layout):
     select, fuse = gpu_kernel('select_channels'), gpu_kernel('fuse_channels')
     gen = torch.Generator().manual_seed(len(layout))
     for trial in range(12):
-        n = int(torch.randint(1, 9, (), generator=gen))
-        channels = int(torch.randint(2, 65, (), generator=gen))
-        h, w = (int(v) for v in torch.randint(1, 8, (2, ), generator=gen))
-        k = int(torch.randint(1, channels + 1, (), generator=gen))
+        x, k = fuzzed_map(gen, layout, trial)
+        channels = x.shape[1]
         hidden = max(1, channels // 4)
-        torch.manual_seed(trial)
-        x = LAYOUTS[layout](torch.randn(n, channels, h, w))
         w1, w2 = weights('random' if trial % 3 else 'exact-ties', channels,
                          hidden)
         b1 = torch.randn(hidden) if trial % 2 else None
