@@ -407,6 +407,32 @@ def test_profiles_of_the_mod_model_beside_its_floor(tmp_path, capsys):
 
 
 @pytest.mark.e2e
+def test_gpu_profile_counts_each_kernel_once():
+    """On CUDA an op's self device time is the time of the kernels it
+    launched, which are events of their own: the rows are the device's
+    events alone (CPU ops and ops without GPU time left out), per
+    forward; on CPU, self CPU time."""
+    from types import SimpleNamespace as Event
+
+    from torch.autograd import DeviceType
+    cpu, gpu = DeviceType.CPU, DeviceType.CUDA
+    events = [
+        Event(key='aten::topk', device_type=cpu, self_device_time_total=30,
+              self_cpu_time_total=8, count=2),
+        Event(key='gatherTopK', device_type=gpu, self_device_time_total=20,
+              self_cpu_time_total=0, count=2),
+        Event(key='bitonicSort', device_type=gpu, self_device_time_total=10,
+              self_cpu_time_total=0, count=2),
+        Event(key='aten::view', device_type=cpu, self_device_time_total=0,
+              self_cpu_time_total=2, count=4),
+    ]
+    assert bench._profile_rows(events, 2, cuda=True) == [
+        ['gatherTopK', 10, 1], ['bitonicSort', 5, 1]]
+    assert bench._profile_rows(events, 2, cuda=False) == [
+        ['aten::topk', 4, 1], ['aten::view', 1, 2], ['gatherTopK', 0, 1],
+        ['bitonicSort', 0, 1]]
+
+
 def test_onnxruntime_mode_runs_the_exported_models():
     """The ONNX Runtime steps compute what the PyTorch models compute, each
     its own model (the skip bound is not the MoD model)."""

@@ -156,6 +156,29 @@ def test_conv_chain_gpu_kernel_equals_the_composite(layout):
               [torch.randn(2)], [0, 0, 1, 1, 1, 0], False, 0)
 
 
+@needs_ext
+@needs_redispatch
+def test_conv_chain_computes_in_its_maps_dtype_under_autocast():
+    """As its fake says, the chain's output has its map's dtype under
+    autocast too: the ATen convs of the CUDA kernel (here on CPU tensors)
+    and of the CPU kernel's half path do not autocast (they would compute,
+    and return, bfloat16)."""
+    x, weights, biases, meta, _, _ = chain_case(3, 'contiguous')
+    args = (x, weights, biases, meta, False, 1, torch.rand(x.shape[0],
+                                                          weights[-1].shape[0]))
+    gpu = gpu_kernel('conv_chain')
+    want = gpu(*args)
+    maps = [(gpu, args)]
+    if cpu_supports(torch.half):
+        half = (x.half(), [w.half() for w in weights],
+                [b.half() for b in biases], *args[3:6], args[6].half())
+        maps.append((torch.ops.mmmod.conv_chain, half))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.equal(gpu(*args), want)
+        for op, a in maps:
+            assert op(*a).dtype == a[0].dtype
+
+
 def test_conv_chain_rejects_bad_arguments():
     x = torch.randn(1, 4, 5, 5)
     w, b = torch.randn(4, 4, 3, 3), torch.zeros(4)

@@ -387,9 +387,10 @@ def _to(model, device, plan):
 def _profile(step: Callable, forwards: int, device: str = 'cpu') -> list:
     """``[[op, us per forward, calls per forward], ...]`` of ``forwards``
     calls of ``step``, largest first: by ``torch.profiler``, self CPU time
-    on CPU, and on CUDA the GPU time of the kernels (CPU ops without
-    kernels left out); for an ONNX Runtime step, ONNX Runtime's own
-    profile of its nodes by op type."""
+    on CPU, and on CUDA the GPU time of the kernels (the device's events
+    alone: an op's self device time is its kernels', which would count
+    twice); for an ONNX Runtime step, ONNX Runtime's own profile of its
+    nodes by op type."""
     if isinstance(step, SessionStep):
         return step.profile(forwards)
     from torch.profiler import ProfilerActivity, profile
@@ -401,10 +402,16 @@ def _profile(step: Callable, forwards: int, device: str = 'cpu') -> list:
             step()
         if cuda:
             torch.cuda.synchronize()
+    return _profile_rows(prof.key_averages(), forwards, cuda)
+
+
+def _profile_rows(events, forwards: int, cuda: bool) -> list:
+    """:func:`_profile`'s rows from ``torch.profiler``'s averaged events."""
+    from torch.autograd import DeviceType
     total, calls = {}, {}
-    for e in prof.key_averages():
+    for e in events:
         us = e.self_device_time_total if cuda else e.self_cpu_time_total
-        if cuda and not us:
+        if cuda and (e.device_type != DeviceType.CUDA or not us):
             continue
         op = e.key[:72]  # (kernels' names run to hundreds of characters)
         total[op] = total.get(op, 0) + us / forwards

@@ -29,6 +29,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <tuple>
 #include <vector>
@@ -561,10 +562,17 @@ ChainArgs chain_args(const at::Tensor& x, at::TensorList weights_any,
 // give the same float32 values and take ResNet75-MoD's eleven chains from
 // 237 to 154 us of GPU time at batch 1 (docs/speed.md). Not where the user
 // asks for deterministic algorithms (the fused path has no such choice).
+//
+// A fusion cuDNN finds no engine for raises; the chain then runs the plain
+// ops, and no later call tries a fusion again (a failed engine search costs
+// more than the fusion saves), with a warning, once.
+std::atomic<bool> cudnn_fusion_failed{false};
+
 bool cudnn_fusable(const at::Tensor& x) {
   const auto& ctx = at::globalContext();
   const auto t = x.scalar_type();
-  return x.is_cuda() && ctx.hasCuDNN() && ctx.userEnabledCuDNN() &&
+  return x.is_cuda() && !cudnn_fusion_failed.load() && ctx.hasCuDNN() &&
+         ctx.userEnabledCuDNN() &&
          !ctx.deterministicCuDNN() && !ctx.deterministicAlgorithms() &&
          (t == at::kFloat || t == at::kHalf || t == at::kBFloat16);
 }
@@ -572,9 +580,8 @@ bool cudnn_fusable(const at::Tensor& x) {
 // The chain in ATen ops, as the composite computes it (the activations, the
 // residual add and the scale in place on the chain's own new tensors): CPU
 // maps in half and bfloat16 (oneDNN's low-precision convolutions), and
-// every map on the GPU, there with cuDNN's fusions where `fused`. An
-// ungrouped conv followed by a ReLU is one fused call; a fusion cuDNN finds
-// no engine for (an error) falls back to the plain ops.
+// every map on the GPU, there with cuDNN's fusions where `fused`: an
+// ungrouped conv followed by a ReLU is one fused call.
 at::Tensor chain_with_aten(const at::Tensor& x, const ChainArgs& args,
                            at::IntArrayRef meta, bool residual,
                            int64_t final_act, bool fused = false) {
@@ -597,7 +604,12 @@ at::Tensor chain_with_aten(const at::Tensor& x, const ChainArgs& args,
           if (args.scale) out.mul_(args.scale->unsqueeze(-1).unsqueeze(-1));
           return out.contiguous(layout_of(x));
         }
-      } catch (const c10::Error&) {
+      } catch (const c10::Error& e) {
+        cudnn_fusion_failed = true;
+        fused = false;
+        TORCH_WARN_ONCE("mmmod::conv_chain: cuDNN's fused convolution failed (",
+                        e.what_without_backtrace(), "); the chains run ",
+                        "unfused convolutions from now on");
       }
     }
     y = at::conv2d(y, w, b, {1, 1}, {m[0], m[1]}, {m[2], m[3]}, m[4]);
@@ -614,6 +626,9 @@ at::Tensor conv_chain_cpu(const at::Tensor& x_any, at::TensorList weights,
                           bool residual, int64_t final_act,
                           const c10::optional<at::Tensor>& scale) {
   check_map(x_any, "conv_chain", "x");
+  // in x's dtype, as the fake says: the ATen convs of the half path must
+  // not autocast
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto format = layout_of(x_any);
   const at::Tensor x = x_any.contiguous(format);
   const auto args =
@@ -669,6 +684,8 @@ at::Tensor conv_chain_aten(const at::Tensor& x, at::TensorList weights,
                            at::TensorList biases, at::IntArrayRef meta,
                            bool residual, int64_t final_act,
                            const c10::optional<at::Tensor>& scale) {
+  // in x's dtype, as the fake and the CPU kernel: its convs do not autocast
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   return chain_with_aten(
       x, chain_args(x, weights, biases, meta, residual, final_act, scale),
       meta, residual, final_act, cudnn_fusable(x));
