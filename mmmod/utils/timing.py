@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from mmmod.layers import MoDBlock, select_channels
-from mmmod.layers.ops import add_channels_
+from mmmod.layers.ops import add_channels_, channel_means
 
 # A timing is unreliable when its interquartile range exceeds this share of
 # its median. On a quiet machine the quartiles of a forward pass lie within a
@@ -78,7 +78,9 @@ def skip_mod_blocks(model: nn.Module) -> nn.Module:
 class FloorBlock(nn.Module):
     """What every MoD block must do, and nothing more: read the whole map
     once (the channel means the selector starts from) and add onto its
-    ``k`` target channels. In eval mode the add is written into ``x`` by the
+    ``k`` target channels. The means are the MoD block's own
+    (:func:`~mmmod.layers.ops.channel_means`, which also exports to ONNX on
+    every torch we support). In eval mode the add is written into ``x`` by the
     inference form's own :func:`~mmmod.layers.ops.add_channels_`
     (``index_add_``: ``k`` channels in eager, in inductor's loops and in
     ONNX Runtime's ScatterElements); in training mode it makes a new map,
@@ -89,7 +91,7 @@ class FloorBlock(nn.Module):
         self.k, self.offset = k, max(offset, 0)
 
     def forward(self, x):
-        return self._add(x, x.mean((2, 3))[:, :self.k, None, None])
+        return self._add(x, channel_means(x)[:, :self.k, None, None])
 
     def _add(self, x, y):
         """``y`` (N, k, H or 1, W or 1) added onto the ``k`` target
