@@ -193,6 +193,48 @@ def test_ops_without_autograd_to_record_skip_it():
     assert not got_fused.requires_grad and torch.equal(got_fused, fused)
 
 
+def autograd_nodes_made(fn):
+    """How many autograd nodes ``fn`` constructed: every node takes the
+    thread's next sequence number, recorded or not (an autograd Function
+    makes its node under ``torch.no_grad()`` too, then drops it)."""
+    def next_nr():
+        with torch.enable_grad():
+            node = (torch.ones(1, requires_grad=True) * 2).grad_fn
+        return node._sequence_nr()
+
+    before = next_nr()
+    fn()
+    return next_nr() - before - 1
+
+
+@needs_ext
+@pytest.mark.skipif(not hasattr(torch.autograd.graph.Node, '_sequence_nr'),
+                    reason=f'torch {torch.__version__}: no Node._sequence_nr')
+def test_the_autograd_skip_path_runs():
+    """With nothing to record, the C++ autograd kernels go straight to the
+    device's kernel: no autograd Function, so no node (with the Function
+    under no_grad, two nodes here); with something to record, one node per
+    op."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 5, 5)
+    w1, w2 = weights('random', 32, 8)
+    y = torch.randn(2, 4, 5, 5)
+
+    def both_ops():
+        _, scores, idx = torch.ops.mmmod.select_channels(
+            x, x.mean((2, 3)), w1, None, w2, None, 4)
+        torch.ops.mmmod.fuse_channels(x, y, scores, idx, 3)
+
+    for requires_grad in (False, True):
+        w1.requires_grad_(requires_grad)
+        w2.requires_grad_(requires_grad)
+        y.requires_grad_(requires_grad)
+        with torch.no_grad():
+            assert autograd_nodes_made(both_ops) == 0
+        with torch.enable_grad():
+            assert autograd_nodes_made(both_ops) == 2 * requires_grad
+
+
 @needs_ext
 def test_forward_mode_ad_is_refused_not_dropped():
     """The ops have no forward-mode AD: a tangent on an input is an error,
