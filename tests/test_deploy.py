@@ -454,6 +454,25 @@ def test_inference_form_refuses_training_and_autograd():
         block(x * 1)
     with torch.inference_mode():
         block(torch.randn(1, block.channels, 8, 8))
+    block.training = True  # set directly, past train()
+    with torch.no_grad(), pytest.raises(RuntimeError, match='training mode'):
+        block(torch.randn(1, block.channels, 8, 8))
+
+
+@pytest.mark.parametrize('kind', ['resnet18', 'mobilenet', 'vgg'])
+def test_a_refused_train_switches_nothing(kind):
+    """A deployed backbone's train() refuses before it switches a module
+    (nn.Module.train would have switched the stem and the stages before the
+    first MoD block, whose BN statistics the next forward would update)."""
+    model = switch_to_deploy(backbone(kind))
+    assert not any(m.training for m in model.modules())
+    with pytest.raises(RuntimeError, match='cannot train'):
+        model.train()
+    assert not any(m.training for m in model.modules())
+    model = backbone(kind, deploy=True)
+    with pytest.raises(RuntimeError, match='cannot train'):
+        model.train()
+    assert not any(m.training for m in model.modules())
 
 
 def test_syncbn_folds_and_functional_relu_chains():

@@ -18,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 from conftest import gpu_kernel, needs_opcheck, needs_redispatch
 
 from mmmod.layers import FUSIONS, HAS_EXT, MoDBlock, ops
+from mmmod.layers.ops import channel_means
 
 CL = torch.channels_last
 LAYOUTS = {
@@ -390,6 +391,11 @@ def test_without_the_extension_in_a_subprocess():
                 # the inference form's one call, in Python
                 block.switch_to_deploy()
                 torch.testing.assert_close(block(x.clone()), want)
+        block = MoDBlock(32, lambda k: nn.Conv2d(k, k, 3, padding=1), c=8)
+        with torch.autocast('cpu', dtype=torch.bfloat16):  # AMP's forward
+            out = block(torch.randn(2, 32, 5, 5).bfloat16())
+        out.float().sum().backward()
+        assert block.selector.fc1.weight.grad.dtype == torch.float32
         w = torch.randn(4, 4, 1, 1, requires_grad=True)
         try:  # no backward: refused, as with the extension
             torch.ops.mmmod.conv_chain(torch.randn(1, 4, 3, 3), [w],
@@ -465,6 +471,107 @@ def test_bad_arguments_get_clear_errors():
                                       torch.zeros(1, 2).long(), 0)
     with pytest.raises(RuntimeError, match='idx must be int64'):
         torch.ops.mmmod.fuse_channels(x, y, s, torch.zeros(1, 2), 0)
+    with pytest.raises(RuntimeError, match='offset=5 \\+ k=4 exceeds'):
+        torch.ops.mmmod.mod_block_(x.clone(), w1, None, w2, None, 4,
+                                   [torch.randn(4, 4, 1, 1)], [torch.zeros(4)],
+                                   [0, 0, 1, 1, 1, 0], False, 0, 5)
+
+
+def test_the_selector_ignores_autocast():
+    """The selector runs in its weights' dtype under autocast too: with a
+    float32 map the same channels and values as without autocast at every
+    batch size (the batch-1 linears and ATen's alike), with a bfloat16 map
+    (autocast's convs make one) those of its float32 copy, scores in the
+    map's dtype; and the backward, run after the autocast region as AMP
+    does, gives the gradients in the inputs' dtypes."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 64, 5, 5)
+    w1, w2 = weights('random', 64, 8)
+    b1, b2 = torch.randn(w1.shape[0]), torch.randn(64)
+    params = [t.requires_grad_() for t in (w1, b1, w2, b2)]
+    kernels = {'op': torch.ops.mmmod.select_channels}
+    if HAS_EXT and hasattr(torch._ops.OpOverload, 'redispatch'):
+        kernels['gpu kernel'] = gpu_kernel('select_channels')
+
+    def run(kernel, x, autocast):
+        x = x.detach().requires_grad_()
+        means = channel_means(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            x_k, scores, idx = kernel(x, means, w1, b1, w2, b2, 8)
+        (x_k.float().square().sum() + scores.float().sum()).backward()
+        grads = [x.grad] + [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        return (x_k, scores, idx), grads
+
+    for name, kernel in kernels.items():
+        chosen = run(kernel, x, False)[0][2]
+        for batch in (1, 3):
+            for i in range(0, 3, batch):
+                part = x[i:i + batch]
+                want, want_grads = run(kernel, part, False)
+                got, grads = run(kernel, part, True)
+                for a, b in zip([*got, *grads], [*want, *want_grads]):
+                    assert torch.equal(a, b), (name, batch)
+                assert torch.equal(got[2], chosen[i:i + batch])
+        half = x.bfloat16()
+        want, _ = run(kernel, half.float(), False)
+        got, grads = run(kernel, half, True)
+        assert got[1].dtype == torch.bfloat16
+        assert torch.equal(got[2], want[2]), name
+        assert torch.equal(got[1], want[1].bfloat16()), name
+        assert [g.dtype for g in grads] == [torch.bfloat16] + [
+            torch.float32] * 4
+
+
+@pytest.mark.parametrize('fusion', FUSIONS)
+def test_a_mixed_precision_training_step(fusion):
+    """As mmengine's AmpOptimWrapper trains: the forward under autocast
+    (its convs make bfloat16 maps), the backward after it; every parameter
+    gets a finite gradient in its own dtype."""
+    block = make_block(fusion=fusion).train()
+    x = torch.randn(2, 32, 6, 6, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = block(nn.functional.conv2d(x, torch.eye(32)[:, :, None, None]))
+    assert out.dtype == torch.bfloat16
+    out.float().square().mean().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.dtype == p.dtype, name
+        assert p.grad.isfinite().all(), name
+    assert block.selector.fc1.weight.grad.abs().sum() > 0
+
+
+def test_selector_weights_must_fit_the_map():
+    """A logit per channel of x, or a clear error: a w2 with more rows than x
+    has channels would let top-k name channels x does not have (the kernel
+    read planes past x's end). Checked by every kernel, the composite and the
+    fake alike."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    x = torch.randn(2, 4, 3, 3)
+    means, w1 = x.mean((2, 3)), torch.randn(3, 4)
+    kernels = [torch.ops.mmmod.select_channels, ops._select_channels]
+    if HAS_EXT and hasattr(torch._ops.OpOverload, 'redispatch'):
+        kernels.append(gpu_kernel('select_channels'))
+    bad = {'w2 rows': (w1, None, torch.randn(40, 3), None),
+           'w2 columns': (w1, None, torch.randn(4, 2), None),
+           'w1 columns': (torch.randn(3, 5), None, torch.randn(4, 3), None),
+           'b2': (w1, None, torch.randn(4, 3), torch.randn(40)),
+           'dtypes': (w1, None, torch.randn(4, 3).double(), None)}
+    for name, (a, b, c, d) in bad.items():
+        for kernel in kernels:
+            with pytest.raises(RuntimeError, match='select_channels: the '
+                               "selector's weights"):
+                kernel(x, means, a, b, c, d, 1)
+        mode = FakeTensorMode()
+        fake = [mode.from_tensor(t) if t is not None else None
+                for t in (x, means, a, b, c, d)]
+        with mode, pytest.raises(RuntimeError, match="selector's weights"):
+            torch.ops.mmmod.select_channels(*fake, 1)
+    for batch in (1, 2):  # the batch-1 linears and ATen's: both refuse
+        with pytest.raises(RuntimeError, match='for x\'s 4 channels'):
+            torch.ops.mmmod.select_channels(
+                x[:batch], x[:batch].mean((2, 3)), w1, None,
+                torch.randn(1 << 20, 3), None, 1)
 
 
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])

@@ -1,6 +1,7 @@
 """The MoD block and its ops: torch only (no OpenMMLab imports)."""
 from .mod_block import (FUSIONS, ChannelSelector, ConvChain,
-                        FewChannelConv2d, MoDBlock, check_input_channels,
+                        FewChannelConv2d, MoDBlock,
+                        RefusesTrainingWhenDeployed, check_input_channels,
                         few_channel_convs, fold_conv_bn, is_mod_position,
                         mod_blocks, mod_channels, selector_width,
                         switch_to_deploy)
@@ -9,8 +10,8 @@ from .ops import HAS_EXT, fuse_channels, select_channels
 
 __all__ = [
     'FUSIONS', 'HAS_EXT', 'ChannelSelector', 'ConvChain', 'FewChannelConv2d',
-    'MoDBlock', 'check_input_channels', 'few_channel_convs', 'fold_conv_bn',
-    'fuse_channels',
+    'MoDBlock', 'RefusesTrainingWhenDeployed', 'check_input_channels',
+    'few_channel_convs', 'fold_conv_bn', 'fuse_channels',
     'is_mod_position', 'mod_blocks', 'mod_channels', 'select_channels',
     'selector_width', 'switch_to_deploy'
 ]

@@ -266,6 +266,10 @@ class MoDBlock(nn.Module):
                              self._fusion_offset)
 
     def _forward_deploy(self, x: Tensor) -> Tensor:
+        if self.training:  # (set directly: train() refuses)
+            raise RuntimeError(
+                'MoDBlock: this block is in its inference form (deploy=True '
+                'or switch_to_deploy) and cannot run in training mode')
         if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(
                 'MoDBlock: this block is in its inference form (deploy=True '
@@ -314,7 +318,7 @@ class MoDBlock(nn.Module):
 
     def _to_deploy(self) -> None:
         self.block = fold_conv_bn(self.block)
-        self.block = ConvChain.of(self.block) or self.block
+        self.block = (ConvChain.of(self.block) or self.block).eval()
         self.requires_grad_(False)
         self.deploy = True
 
@@ -570,6 +574,22 @@ def _set_submodule(root: nn.Module, target: str, value: nn.Module) -> None:
 def mod_blocks(model: nn.Module) -> list:
     """The MoD blocks of ``model``, in module order."""
     return [m for m in model.modules() if isinstance(m, MoDBlock)]
+
+
+class RefusesTrainingWhenDeployed:
+    """A model class with MoD blocks puts this first in its bases: its
+    ``train()`` refuses before it switches any module when one of its MoD
+    blocks is deployed. (``nn.Module.train`` switches the modules one by one,
+    so the first deployed block's refusal alone would leave the modules
+    before it in training mode, their BN statistics then updated by the next
+    forward.)"""
+
+    def train(self, mode: bool = True):
+        if mode:
+            for block in mod_blocks(self):
+                if block.deploy:
+                    block.train(mode)  # raises, switching nothing
+        return super().train(mode)
 
 
 def switch_to_deploy(model: nn.Module) -> nn.Module:

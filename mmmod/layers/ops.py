@@ -6,10 +6,13 @@
     given -> Linear -> ReLU -> Linear gives the logits (N, C); ``idx`` are
     the ``k`` largest, largest first, as ``torch.topk`` chooses them (the
     CPU kernel's float32 linears at batch 1 equal ATen's to rounding, see
-    ``csrc/ops.cpp``); ``scores`` their sigmoids (N, k); ``x_k`` the
-    chosen channels (N, k, H, W). The means are an input, computed by the
-    caller (:func:`select_channels` below): in a compiled graph the mean is
-    then inductor's to fuse into the op that makes ``x``.
+    ``csrc/ops.cpp``); ``scores`` their sigmoids (N, k), in ``x``'s dtype;
+    ``x_k`` the chosen channels (N, k, H, W). The selector runs in its
+    weights' dtype, never autocast's (the means are cast to it): a float32
+    selector ranks in float32 under autocast too, at every batch size. The
+    means are an input, computed by the caller (:func:`select_channels`
+    below): in a compiled graph the mean is then inductor's to fuse into the
+    op that makes ``x``.
 ``fuse_channels(x, y, scores, idx, offset) -> out``
     A new map: ``x`` with ``y * scores`` added to ``k`` of its channels,
     ``offset .. offset + k - 1``, or each back at ``idx`` when ``offset < 0``.
@@ -31,10 +34,11 @@ final_act, offset) -> x``
     channel means, ``select_channels``, ``conv_chain`` times the scores and
     :func:`add_channels_` into ``x``. A CompositeImplicitAutograd op (C++
     where the extension is built, :func:`_mod_block_` otherwise): eager runs
-    its steps with no Python between them, and traced graphs
-    (``torch.compile``, ``torch.export``) hold the steps themselves, so it
-    needs no fake, inductor or ONNX form of its own (but a TorchScript
-    symbolic, :mod:`mmmod.layers.onnx_symbolic`).
+    its steps with no Python between them, and ``torch.compile``'s graphs
+    hold the steps themselves (``torch.export`` keeps the one call until
+    ``run_decompositions()``), so it needs no fake, inductor or ONNX form
+    of its own (but a TorchScript symbolic,
+    :mod:`mmmod.layers.onnx_symbolic`).
 
 Each op has, here or in ``csrc/ops.cpp``:
 
@@ -169,9 +173,12 @@ def selector_logits(means: Tensor, w1: Tensor, b1, w2: Tensor,
 
 
 def _select_channels_composite(x, means, w1, b1, w2, b2, k):
-    logits, idx = selector_logits(means, w1, b1, w2, b2).topk(k, dim=1)
+    # the selector in its weights' dtype, never autocast's (as the kernels)
+    with torch._C._DisableAutocast():
+        logits, idx = selector_logits(means.to(w1.dtype), w1, b1, w2,
+                                      b2).topk(k, dim=1)
     x_k = x.gather(1, _expand(idx, x)).contiguous(memory_format=_layout(x))
-    return x_k, logits.sigmoid(), idx
+    return x_k, logits.sigmoid().to(x.dtype), idx
 
 
 def _fuse_channels_composite(x, y, scores, idx, offset):
@@ -210,14 +217,30 @@ def _conv_chain_composite(x, weights, biases, meta, residual, final_act,
     return y.contiguous(memory_format=_layout(x))
 
 
-def _check_select(x, means, k):
+def _check_select(x, means, w1, b1, w2, b2, k):
     torch._check(x.dim() == 4, lambda: 'mmmod::select_channels: x must have '
                  f'shape (N, C, H, W), got {tuple(x.shape)}')
+    c = x.shape[1]
     torch._check(tuple(means.shape) == tuple(x.shape[:2]), lambda: 'mmmod::'
                  f'select_channels: means must have shape {tuple(x.shape[:2])}'
                  f' (x\'s channel means), got {tuple(means.shape)}')
-    torch._check(1 <= k <= x.shape[1], lambda: 'mmmod::select_channels: '
-                 f'k={k} is not in [1, {x.shape[1]}]')
+    torch._check(1 <= k <= c, lambda: 'mmmod::select_channels: '
+                 f'k={k} is not in [1, {c}]')
+    # a logit per channel of x: top-k's indices must name x's channels
+    h = w1.shape[0] if w1.dim() == 2 else -1
+    torch._check(
+        w1.dim() == 2 and w1.shape[1] == c and w2.dim() == 2
+        and tuple(w2.shape) == (c, h)
+        and (b1 is None or tuple(b1.shape) == (h, ))
+        and (b2 is None or tuple(b2.shape) == (c, )),
+        lambda: 'mmmod::select_channels: the selector\'s weights must be '
+        f'w1 (h, {c}), b1 (h), w2 ({c}, h), b2 ({c}) for x\'s {c} channels, '
+        f'got w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}')
+    torch._check(
+        w1.dtype.is_floating_point and all(
+            t is None or t.dtype == w1.dtype for t in (b1, w2, b2)),
+        lambda: 'mmmod::select_channels: the selector\'s weights and biases '
+        'must share one floating dtype')
 
 
 def _check_fuse(x, y, scores, idx, offset):
@@ -240,7 +263,7 @@ def _check_fuse(x, y, scores, idx, offset):
 
 
 def _select_channels(x, means, w1, b1, w2, b2, k):
-    _check_select(x, means, k)
+    _check_select(x, means, w1, b1, w2, b2, k)
     return _select_channels_composite(x, means, w1, b1, w2, b2, k)
 
 
@@ -322,7 +345,7 @@ _declare_inductor_fallbacks()
 
 @_register_fake('mmmod::select_channels')
 def _select_channels_fake(x, means, w1, b1, w2, b2, k):
-    _check_select(x, means, k)
+    _check_select(x, means, w1, b1, w2, b2, k)
     n, _, h, w = x.shape
     x_k = torch.empty((n, k, h, w), dtype=x.dtype, device=x.device,
                       memory_format=_layout(x))
@@ -362,11 +385,13 @@ def _select_backward(ctx, g_xk, g_scores, _):
     g_x = torch.empty(shape, dtype=g_xk.dtype, device=g_xk.device,
                       memory_format=layout).zero_()
     g_x.scatter_add_(1, _expand(idx, g_xk), g_xk)
-    pre = F.linear(means, w1, b1)
-    g_logits = scores.new_zeros(pre.shape[0], w2.shape[0]).scatter(
-        1, idx, g_scores * scores * (1 - scores))
-    g_pre = (g_logits @ w2) * (pre > 0)  # ReLU's gradient, as ATen's
-    return (g_x, g_pre @ w1, g_pre.t() @ means,
+    with torch._C._DisableAutocast():  # the selector's dtype, as its forward
+        inputs, s = means.to(w1.dtype), scores.to(w1.dtype)
+        pre = F.linear(inputs, w1, b1)
+        g_logits = s.new_zeros(pre.shape[0], w2.shape[0]).scatter(
+            1, idx, g_scores.to(s.dtype) * s * (1 - s))
+        g_pre = (g_logits @ w2) * (pre > 0)  # ReLU's gradient, as ATen's
+    return (g_x, (g_pre @ w1).to(means.dtype), g_pre.t() @ inputs,
             g_pre.sum(0) if ctx.has_bias[0] else None,
             g_logits.t() @ pre.relu(),
             g_logits.sum(0) if ctx.has_bias[1] else None, None)
@@ -412,6 +437,9 @@ def _register_autograd(name, backward, setup_context):
 
 def _mod_block_(x, w1, b1, w2, b2, k, weights, biases, meta, residual,
                 final_act, offset):
+    torch._check(offset < 0 or offset + k <= x.shape[1],
+                 lambda: f'mmmod::mod_block_: offset={offset} + k={k} '
+                 f'exceeds the {x.shape[1]} channels of x')
     x_k, scores, idx = torch.ops.mmmod.select_channels(
         x, channel_means(x), w1, b1, w2, b2, k)
     y = torch.ops.mmmod.conv_chain(x_k, weights, biases, meta, residual,

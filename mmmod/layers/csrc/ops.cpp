@@ -126,13 +126,9 @@ at::Tensor selector_logits(const at::Tensor& means, const at::Tensor& w1,
                            const c10::optional<at::Tensor>& b1,
                            const at::Tensor& w2,
                            const c10::optional<at::Tensor>& b2) {
+  // (shapes checked by check_select)
   if (!(means.size(0) == 1 && is_plain_float(means) && is_plain_float(w1) &&
-        is_plain_float(b1) && is_plain_float(w2) && is_plain_float(b2) &&
-        w1.dim() == 2 &&
-        w2.dim() == 2 && w1.size(1) == means.size(1) &&
-        w2.size(1) == w1.size(0) &&
-        (!b1 || (b1->dim() == 1 && b1->size(0) == w1.size(0))) &&
-        (!b2 || (b2->dim() == 1 && b2->size(0) == w2.size(0)))))
+        is_plain_float(b1) && is_plain_float(w2) && is_plain_float(b2)))
     return at::linear(at::linear(means, w1, b1).relu(), w2, b2);
   const int64_t hidden = w1.size(0), c = w2.size(0);
   auto h = at::empty({1, hidden}, means.options());
@@ -147,23 +143,53 @@ at::Tensor selector_logits(const at::Tensor& means, const at::Tensor& w1,
 }
 
 void check_select(const at::Tensor& x, const at::Tensor& means,
+                  const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                  const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
                   int64_t k) {
   check_map(x, "select_channels", "x");
-  TORCH_CHECK(1 <= k && k <= x.size(1), "mmmod::select_channels: k=", k,
-              " is not in [1, ", x.size(1), "]");
+  const int64_t c = x.size(1);
+  TORCH_CHECK(1 <= k && k <= c, "mmmod::select_channels: k=", k,
+              " is not in [1, ", c, "]");
   TORCH_CHECK(means.dim() == 2 && means.size(0) == x.size(0) &&
-                  means.size(1) == x.size(1),
+                  means.size(1) == c,
               "mmmod::select_channels: means must have shape (", x.size(0),
-              ", ", x.size(1), ") (x's channel means), got ", means.sizes());
+              ", ", c, ") (x's channel means), got ", means.sizes());
+  // a logit per channel of x: top-k's indices must name x's channels
+  const int64_t hidden = w1.dim() == 2 ? w1.size(0) : -1;
+  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == c && w2.dim() == 2 &&
+                  w2.size(0) == c && w2.size(1) == hidden &&
+                  (!b1 || (b1->dim() == 1 && b1->size(0) == hidden)) &&
+                  (!b2 || (b2->dim() == 1 && b2->size(0) == c)),
+              "mmmod::select_channels: the selector's weights must be w1 (h, ",
+              c, "), b1 (h), w2 (", c, ", h), b2 (", c, ") for x's ", c,
+              " channels, got w1 ", w1.sizes(), ", w2 ", w2.sizes());
+  const auto dtype = w1.scalar_type();
+  TORCH_CHECK(at::isFloatingType(dtype) && w2.scalar_type() == dtype &&
+                  (!b1 || b1->scalar_type() == dtype) &&
+                  (!b2 || b2->scalar_type() == dtype),
+              "mmmod::select_channels: the selector's weights and biases "
+              "must share one floating dtype");
+}
+
+// The selector runs in its weights' dtype, never autocast's: the means are
+// cast to it, and the chosen logits' sigmoid (the scores) is returned in
+// x's dtype. So a float32 selector ranks in float32 under autocast too, at
+// every batch size and on every device, and its backward (run outside
+// autocast) meets the dtypes its forward used.
+at::Tensor selector_input(const at::Tensor& means, const at::Tensor& w1) {
+  return means.to(w1.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
     const at::Tensor& x_any, const at::Tensor& means, const at::Tensor& w1,
     const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
     const c10::optional<at::Tensor>& b2, int64_t k) {
-  check_select(x_any, means, k);
-  auto top = at::topk(selector_logits(means, w1, b1, w2, b2), k, /*dim=*/1);
-  auto scores = std::get<0>(top).sigmoid();
+  check_select(x_any, means, w1, b1, w2, b2, k);
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  auto top = at::topk(
+      selector_logits(selector_input(means, w1), w1, b1, w2, b2), k,
+      /*dim=*/1);
+  auto scores = std::get<0>(top).sigmoid().to(x_any.scalar_type());
   auto idx = std::get<1>(top).contiguous();
   const auto format = layout_of(x_any);
   const at::Tensor x = x_any.contiguous(format);
@@ -657,14 +683,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_aten(
     const at::Tensor& x, const at::Tensor& means, const at::Tensor& w1,
     const c10::optional<at::Tensor>& b1, const at::Tensor& w2,
     const c10::optional<at::Tensor>& b2, int64_t k) {
-  check_select(x, means, k);
-  auto [logits, idx] =
-      at::topk(at::linear(at::linear(means, w1, b1).relu_(), w2, b2), k,
-               /*dim=*/1);
+  check_select(x, means, w1, b1, w2, b2, k);
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  auto [logits, idx] = at::topk(
+      at::linear(at::linear(selector_input(means, w1), w1, b1).relu_(), w2,
+                 b2),
+      k, /*dim=*/1);
   auto x_k = x.gather(1, idx.unsqueeze(-1).unsqueeze(-1).expand(
                              {-1, -1, x.size(2), x.size(3)}))
                  .contiguous(layout_of(x));
-  return {x_k, logits.sigmoid_(), idx};
+  return {x_k, logits.sigmoid_().to(x.scalar_type()), idx};
 }
 
 at::Tensor fuse_channels_aten(const at::Tensor& x, const at::Tensor& y,
@@ -706,20 +734,26 @@ at::Tensor expand_to(const at::Tensor& idx, const at::Tensor& t) {
 // Python forms serve installs without this extension.
 
 // Whether a call must be recorded for autograd: grad mode on and an input
-// that requires grad, or an input with a forward-mode tangent (whatever the
-// grad mode; the Function path then says it has no forward AD). Otherwise
+// that requires grad; an input with a forward-mode tangent (whatever the
+// grad mode) is an error, as the ops have no forward-mode AD. Otherwise
 // the kernels below go straight to the device's kernel: an autograd Function
 // (its node, saved tensors and state) costs ~15-25 us a call from cold
 // caches, under torch.no_grad() too. They redispatch (below autograd, with
 // the keys of the call) rather than call the op again: one call, one
 // profiler event.
-bool records_grad(std::initializer_list<const at::Tensor*> inputs) {
+bool records_grad(const char* op,
+                  std::initializer_list<const at::Tensor*> inputs) {
   const bool grad_mode = at::GradMode::is_enabled();
-  for (const auto* t : inputs)
-    if (t->defined() && ((grad_mode && t->requires_grad()) ||
-                         t->_fw_grad(/*level=*/0).defined()))
-      return true;
-  return false;
+  bool grad = false;
+  for (const auto* t : inputs) {
+    if (!t->defined()) continue;
+    TORCH_CHECK(!t->_fw_grad(/*level=*/0).defined(), "mmmod::", op,
+                " has no forward-mode AD (an input has a forward-mode "
+                "tangent): differentiate the model's training form with "
+                "reverse-mode autograd");
+    grad = grad || (grad_mode && t->requires_grad());
+  }
+  return grad;
 }
 
 const at::Tensor& or_undefined(const c10::optional<at::Tensor>& t) {
@@ -770,6 +804,11 @@ struct SelectChannels : public torch::autograd::Function<SelectChannels> {
                &w2 = saved[3], &scores = saved[4], &idx = saved[5];
     const auto &g_xk = grads[0], &g_scores = grads[1];
     const bool has_b1 = ctx->saved_data["has_b1"].toBool();
+    // in the selector's dtype, as its forward (select_channels' kernels)
+    c10::impl::ExcludeDispatchKeyGuard no_autocast(
+        c10::autocast_dispatch_keyset);
+    const auto in = selector_input(means, w1);
+    const auto s = scores.to(w1.scalar_type());
     const auto format = ctx->saved_data["channels_last"].toBool()
                             ? at::MemoryFormat::ChannelsLast
                             : at::MemoryFormat::Contiguous;
@@ -779,14 +818,14 @@ struct SelectChannels : public torch::autograd::Function<SelectChannels> {
                    .zero_();
     g_x.scatter_add_(1, expand_to(idx, g_xk), g_xk);
     const auto pre = at::linear(
-        means, w1, has_b1 ? c10::optional<at::Tensor>(b1) : c10::nullopt);
+        in, w1, has_b1 ? c10::optional<at::Tensor>(b1) : c10::nullopt);
     const auto g_logits =
-        at::zeros_symint({pre.sym_size(0), w2.sym_size(0)}, scores.options())
-            .scatter(1, idx, g_scores * scores * at::rsub(scores, 1));
+        at::zeros_symint({pre.sym_size(0), w2.sym_size(0)}, s.options())
+            .scatter(1, idx, g_scores.to(s.scalar_type()) * s * at::rsub(s, 1));
     const auto g_pre = at::matmul(g_logits, w2) * at::gt(pre, 0);
     return {g_x,
-            at::matmul(g_pre, w1),
-            at::matmul(g_pre.t(), means),
+            at::matmul(g_pre, w1).to(means.scalar_type()),
+            at::matmul(g_pre.t(), in),
             has_b1 ? g_pre.sum(0) : at::Tensor(),
             at::matmul(g_logits.t(), pre.relu()),
             ctx->saved_data["has_b2"].toBool() ? g_logits.sum(0)
@@ -848,7 +887,7 @@ at::Tensor fuse_channels_autograd(c10::DispatchKeySet ks, const at::Tensor& x,
                                   const at::Tensor& y,
                                   const at::Tensor& scores,
                                   const at::Tensor& idx, int64_t offset) {
-  if (!records_grad({&x, &y, &scores})) {
+  if (!records_grad("fuse_channels", {&x, &y, &scores})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return fuse_op().redispatch(ks & c10::after_ADInplaceOrView_keyset, x, y,
                                 scores, idx, offset);
@@ -865,9 +904,9 @@ at::Tensor conv_chain_autograd(c10::DispatchKeySet ks, const at::Tensor& x,
                                at::TensorList biases, at::IntArrayRef meta,
                                bool residual, int64_t final_act,
                                const c10::optional<at::Tensor>& scale) {
-  bool grad = records_grad({&x, &or_undefined(scale)});
-  for (const auto& t : weights) grad = grad || records_grad({&t});
-  for (const auto& t : biases) grad = grad || records_grad({&t});
+  bool grad = records_grad("conv_chain", {&x, &or_undefined(scale)});
+  for (const auto& t : weights) grad = records_grad("conv_chain", {&t}) || grad;
+  for (const auto& t : biases) grad = records_grad("conv_chain", {&t}) || grad;
   TORCH_CHECK(!grad, "mmmod::conv_chain has no autograd (it is the "
               "inference form's Conv-Block): call it under torch.no_grad() "
               "or torch.inference_mode(), with inputs that do not require "
@@ -886,8 +925,8 @@ SelectOutputs select_channels_autograd(c10::DispatchKeySet ks,
                                        const at::Tensor& w2,
                                        const c10::optional<at::Tensor>& b2,
                                        int64_t k) {
-  if (!records_grad({&x, &means, &w1, &or_undefined(b1), &w2,
-                     &or_undefined(b2)})) {
+  if (!records_grad("select_channels", {&x, &means, &w1, &or_undefined(b1),
+                                        &w2, &or_undefined(b2)})) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return select_op().redispatch(ks & c10::after_ADInplaceOrView_keyset, x,
                                   means, w1, b1, w2, b2, k);
@@ -902,7 +941,8 @@ SelectOutputs select_channels_autograd(c10::DispatchKeySet ks,
 // CompositeImplicitAutograd kernel: eager runs the steps without Python
 // between them (in a network at batch 1 the Python between the steps cost
 // ~0.1 ms a block: its code and objects start cold, like the ops' data);
-// traced graphs (torch.compile, torch.export) get the steps themselves.
+// torch.compile's graphs get the steps themselves (torch.export keeps the
+// one call until run_decompositions()).
 at::Tensor& mod_block_(at::Tensor& x, const at::Tensor& w1,
                        const c10::optional<at::Tensor>& b1,
                        const at::Tensor& w2,
@@ -911,6 +951,9 @@ at::Tensor& mod_block_(at::Tensor& x, const at::Tensor& w1,
                        at::IntArrayRef meta, bool residual, int64_t final_act,
                        int64_t offset) {
   check_map(x, "mod_block_", "x");
+  if (const auto c = x.sym_size(1).maybe_as_int())  // (traced: static C)
+    TORCH_CHECK(offset < 0 || offset + k <= *c, "mmmod::mod_block_: offset=",
+                offset, " + k=", k, " exceeds the ", *c, " channels of x");
   // ops.py's channel_means: a sum (in float32 for half types), a division
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto means =

@@ -7,14 +7,15 @@ from mmengine.registry import MODELS
 from mmpretrain.models.backbones.mobilenet_v2 import (InvertedResidual,
                                                       MobileNetV2)
 
-from mmmod.layers import MoDBlock, check_input_channels, is_mod_position
+from mmmod.layers import (MoDBlock, RefusesTrainingWhenDeployed,
+                          check_input_channels, is_mod_position)
 
 # an input check is a call in torch.fx graphs (fold_conv_bn traces them)
 torch.fx.wrap('check_input_channels')
 
 
 @MODELS.register_module()
-class MobileNetV2MoD(MobileNetV2):
+class MobileNetV2MoD(RefusesTrainingWhenDeployed, MobileNetV2):
     """MobileNetV2 with Mixture-of-Depths blocks.
 
     Takes every argument of mmpretrain's ``MobileNetV2``, plus:

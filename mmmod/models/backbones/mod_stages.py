@@ -32,7 +32,8 @@ from typing import Dict, Optional, Tuple
 import torch.fx
 import torch.nn as nn
 
-from mmmod.layers import MoDBlock, check_input_channels, is_mod_position
+from mmmod.layers import (MoDBlock, RefusesTrainingWhenDeployed,
+                          check_input_channels, is_mod_position)
 
 # an input check is a call in torch.fx graphs (fold_conv_bn traces them)
 torch.fx.wrap('check_input_channels')
@@ -165,7 +166,7 @@ class StageMoDBlock(MoDBlock):
             self.block.init_weights()
 
 
-class MoDStagesMixin:
+class MoDStagesMixin(RefusesTrainingWhenDeployed):
     """Makes a stock ResNet class a ResNet-MoD: put it first in the bases,
     ``class ResNetMoD(MoDStagesMixin, ResNet)``, and set :attr:`block_args`
     and ``arch_settings = mod_arch_settings(ResNet)`` (one such class per

@@ -5,14 +5,15 @@ from mmcv.cnn import ConvModule
 from mmengine.registry import MODELS
 from mmpretrain.models.backbones.vgg import VGG
 
-from mmmod.layers import MoDBlock, check_input_channels, is_mod_position
+from mmmod.layers import (MoDBlock, RefusesTrainingWhenDeployed,
+                          check_input_channels, is_mod_position)
 
 # an input check is a call in torch.fx graphs (fold_conv_bn traces them)
 torch.fx.wrap('check_input_channels')
 
 
 @MODELS.register_module()
-class VGGMoD(VGG):
+class VGGMoD(RefusesTrainingWhenDeployed, VGG):
     """VGG with Mixture-of-Depths conv layers.
 
     Takes every argument of mmpretrain's ``VGG``, plus:
