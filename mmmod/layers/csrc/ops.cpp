@@ -176,8 +176,14 @@ void check_select(const at::Tensor& x, const at::Tensor& means,
 // x's dtype. So a float32 selector ranks in float32 under autocast too, at
 // every batch size and on every device, and its backward (run outside
 // autocast) meets the dtypes its forward used.
+// (a dtype check first: the hot path's tensors already agree, and a
+// dispatcher call per cast would cost more than the check)
+at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
+}
+
 at::Tensor selector_input(const at::Tensor& means, const at::Tensor& w1) {
-  return means.to(w1.scalar_type());
+  return in_dtype(means, w1.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
@@ -189,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
   auto top = at::topk(
       selector_logits(selector_input(means, w1), w1, b1, w2, b2), k,
       /*dim=*/1);
-  auto scores = std::get<0>(top).sigmoid().to(x_any.scalar_type());
+  auto scores = in_dtype(std::get<0>(top).sigmoid(), x_any.scalar_type());
   auto idx = std::get<1>(top).contiguous();
   const auto format = layout_of(x_any);
   const at::Tensor x = x_any.contiguous(format);
@@ -692,7 +698,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_aten(
   auto x_k = x.gather(1, idx.unsqueeze(-1).unsqueeze(-1).expand(
                              {-1, -1, x.size(2), x.size(3)}))
                  .contiguous(layout_of(x));
-  return {x_k, logits.sigmoid_().to(x.scalar_type()), idx};
+  return {x_k, in_dtype(logits.sigmoid_(), x.scalar_type()), idx};
 }
 
 at::Tensor fuse_channels_aten(const at::Tensor& x, const at::Tensor& y,
@@ -808,7 +814,7 @@ struct SelectChannels : public torch::autograd::Function<SelectChannels> {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(
         c10::autocast_dispatch_keyset);
     const auto in = selector_input(means, w1);
-    const auto s = scores.to(w1.scalar_type());
+    const auto s = in_dtype(scores, w1.scalar_type());
     const auto format = ctx->saved_data["channels_last"].toBool()
                             ? at::MemoryFormat::ChannelsLast
                             : at::MemoryFormat::Contiguous;
@@ -821,7 +827,8 @@ struct SelectChannels : public torch::autograd::Function<SelectChannels> {
         in, w1, has_b1 ? c10::optional<at::Tensor>(b1) : c10::nullopt);
     const auto g_logits =
         at::zeros_symint({pre.sym_size(0), w2.sym_size(0)}, s.options())
-            .scatter(1, idx, g_scores.to(s.scalar_type()) * s * at::rsub(s, 1));
+            .scatter(1, idx,
+                     in_dtype(g_scores, s.scalar_type()) * s * at::rsub(s, 1));
     const auto g_pre = at::matmul(g_logits, w2) * at::gt(pre, 0);
     return {g_x,
             at::matmul(g_pre, w1).to(means.scalar_type()),
