@@ -448,7 +448,7 @@ def test_an_extension_that_does_not_load_is_named_once(tmp_path):
                          cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert 'is built but does not load' in res.stdout
-    assert 'pip install --no-build-isolation' in res.stdout
+    assert 'pip install --no-build-isolation --no-deps -e .' in res.stdout
 
 
 def test_bad_arguments_get_clear_errors():

@@ -132,8 +132,9 @@ if os.environ.get('MMMOD_WITH_EXT', '1') != '0':
             warnings.warn(
                 f'mmmod._ext is built but does not load ({e}); the MoD ops '
                 'run their pure-PyTorch forms on CPU (slower). Rebuild it '
-                'against this torch: pip install --no-build-isolation -e . '
-                '(or set MMMOD_WITH_EXT=0 to run without it)', stacklevel=2)
+                'against this torch: pip install --no-build-isolation '
+                '--no-deps -e . (or set MMMOD_WITH_EXT=0 to run without it)',
+                stacklevel=2)
 
 #: Whether ``mmmod._ext``'s kernels serve the ops on CPU and CUDA.
 HAS_EXT = _ext is not None
