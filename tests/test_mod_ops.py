@@ -251,10 +251,10 @@ def test_forward_mode_ad_is_refused_not_dropped():
     for grad in (True, False):
         with torch.set_grad_enabled(grad), fwAD.dual_level():
             dual = fwAD.make_dual(x, torch.ones_like(x))
-            with pytest.raises(RuntimeError):
+            with pytest.raises(RuntimeError, match='forward-mode AD'):
                 torch.ops.mmmod.select_channels(dual, x.mean((2, 3)), w1,
                                                 None, w2, None, 4)
-            with pytest.raises(RuntimeError):
+            with pytest.raises(RuntimeError, match='forward-mode AD'):
                 torch.ops.mmmod.fuse_channels(dual, y, scores, idx, 3)
 
 
@@ -283,8 +283,8 @@ def test_the_selector_kernel_computes_float32_itself():
         assert ops_run(lambda: op(*other)) & gemm
         for g, r in zip(op(*other), ops._select_channels_composite(*other)):
             assert torch.equal(g, r)
-    # a bias of another shape is ATen's error, as at any batch size
-    with pytest.raises(RuntimeError):
+    # a bias of another shape is an error, as at any batch size
+    with pytest.raises(RuntimeError, match="selector's weights"):
         op(*args[:3], b1[:, None], *args[4:])
 
 
@@ -481,11 +481,11 @@ def test_bad_arguments_get_clear_errors():
 
 def test_the_selector_ignores_autocast():
     """The selector runs in its weights' dtype under autocast too: with a
-    float32 map the same channels and values as without autocast at every
-    batch size (the batch-1 linears and ATen's alike), with a bfloat16 map
-    (autocast's convs make one) those of its float32 copy, scores in the
-    map's dtype; and the backward, run after the autocast region as AMP
-    does, gives the gradients in the inputs' dtypes."""
+    float32 map the same channels, values and gradients as without autocast
+    at every batch size (the batch-1 linears and ATen's alike); with a
+    bfloat16 map (autocast's convs make one) those of its float32 copy,
+    scores in the map's dtype, the selector's gradients those of the copy
+    (the sigmoid's slope in float32, not from the bfloat16 scores)."""
     torch.manual_seed(0)
     x = torch.randn(3, 64, 5, 5)
     w1, w2 = weights('random', 64, 8)
@@ -495,9 +495,9 @@ def test_the_selector_ignores_autocast():
     if HAS_EXT and hasattr(torch._ops.OpOverload, 'redispatch'):
         kernels['gpu kernel'] = gpu_kernel('select_channels')
 
-    def run(kernel, x, autocast):
+    def run(kernel, x, autocast, means=None):
         x = x.detach().requires_grad_()
-        means = channel_means(x)
+        means = channel_means(x) if means is None else means
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
             x_k, scores, idx = kernel(x, means, w1, b1, w2, b2, 8)
         (x_k.float().square().sum() + scores.float().sum()).backward()
@@ -516,14 +516,16 @@ def test_the_selector_ignores_autocast():
                 for a, b in zip([*got, *grads], [*want, *want_grads]):
                     assert torch.equal(a, b), (name, batch)
                 assert torch.equal(got[2], chosen[i:i + batch])
-        half = x.bfloat16()
-        want, _ = run(kernel, half.float(), False)
+        half = x.bfloat16()  # (its means: a bfloat16 sum, as the copy's)
+        want, want_grads = run(kernel, half.float(), False,
+                               channel_means(half).float())
         got, grads = run(kernel, half, True)
         assert got[1].dtype == torch.bfloat16
         assert torch.equal(got[2], want[2]), name
         assert torch.equal(got[1], want[1].bfloat16()), name
-        assert [g.dtype for g in grads] == [torch.bfloat16] + [
-            torch.float32] * 4
+        assert torch.equal(got[0].float(), want[0]), name
+        for g, w in zip(grads[1:], want_grads[1:]):
+            torch.testing.assert_close(g, w)
 
 
 @pytest.mark.parametrize('fusion', FUSIONS)
@@ -536,6 +538,11 @@ def test_a_mixed_precision_training_step(fusion):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = block(nn.functional.conv2d(x, torch.eye(32)[:, :, None, None]))
     assert out.dtype == torch.bfloat16
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        m = nn.functional.conv2d(x, torch.eye(32)[:, :, None, None])
+        scores, idx = block.select(m)  # the op's, and the module's own:
+        assert torch.equal(scores, block.selector(m).gather(1, idx).to(
+            scores.dtype))
     out.float().square().mean().backward()
     for name, p in block.named_parameters():
         assert p.grad is not None and p.grad.dtype == p.dtype, name

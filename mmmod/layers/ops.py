@@ -35,9 +35,9 @@ final_act, offset) -> x``
     :func:`add_channels_` into ``x``. A CompositeImplicitAutograd op (C++
     where the extension is built, :func:`_mod_block_` otherwise): eager runs
     its steps with no Python between them, and ``torch.compile``'s graphs
-    hold the steps themselves (``torch.export`` keeps the one call until
-    ``run_decompositions()``), so it needs no fake, inductor or ONNX form
-    of its own (but a TorchScript symbolic,
+    hold the steps themselves (``torch.export`` on torch 2.14 keeps the one
+    call until ``run_decompositions()``), so it needs no fake, inductor or
+    ONNX form of its own (but a TorchScript symbolic,
     :mod:`mmmod.layers.onnx_symbolic`).
 
 Each op has, here or in ``csrc/ops.cpp``:
@@ -167,19 +167,24 @@ def channel_means(x: Tensor) -> Tensor:
 torch.fx.wrap('channel_means')
 
 
+def _in_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def selector_logits(means: Tensor, w1: Tensor, b1, w2: Tensor,
                     b2) -> Tensor:
-    """Channel means -> Linear -> ReLU -> Linear: the logits (N, C)."""
-    return F.linear(F.linear(means, w1, b1).relu(), w2, b2)
+    """Channel means -> Linear -> ReLU -> Linear: the logits (N, C), in the
+    selector weights' dtype, never autocast's (the means cast to it), as
+    ``select_channels``' kernels compute them."""
+    with torch._C._DisableAutocast():
+        return F.linear(
+            F.linear(_in_dtype(means, w1.dtype), w1, b1).relu(), w2, b2)
 
 
 def _select_channels_composite(x, means, w1, b1, w2, b2, k):
-    # the selector in its weights' dtype, never autocast's (as the kernels)
-    with torch._C._DisableAutocast():
-        logits, idx = selector_logits(means.to(w1.dtype), w1, b1, w2,
-                                      b2).topk(k, dim=1)
+    logits, idx = selector_logits(means, w1, b1, w2, b2).topk(k, dim=1)
     x_k = x.gather(1, _expand(idx, x)).contiguous(memory_format=_layout(x))
-    return x_k, logits.sigmoid().to(x.dtype), idx
+    return x_k, _in_dtype(logits.sigmoid(), x.dtype), idx
 
 
 def _fuse_channels_composite(x, y, scores, idx, offset):
@@ -218,6 +223,10 @@ def _conv_chain_composite(x, weights, biases, meta, residual, final_act,
     return y.contiguous(memory_format=_layout(x))
 
 
+def _shape(t) -> str:
+    return 'None' if t is None else str(tuple(t.shape))
+
+
 def _check_select(x, means, w1, b1, w2, b2, k):
     torch._check(x.dim() == 4, lambda: 'mmmod::select_channels: x must have '
                  f'shape (N, C, H, W), got {tuple(x.shape)}')
@@ -236,7 +245,8 @@ def _check_select(x, means, w1, b1, w2, b2, k):
         and (b2 is None or tuple(b2.shape) == (c, )),
         lambda: 'mmmod::select_channels: the selector\'s weights must be '
         f'w1 (h, {c}), b1 (h), w2 ({c}, h), b2 ({c}) for x\'s {c} channels, '
-        f'got w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}')
+        f'got w1 {tuple(w1.shape)}, b1 {_shape(b1)}, w2 {tuple(w2.shape)}, '
+        f'b2 {_shape(b2)}')
     torch._check(
         w1.dtype.is_floating_point and all(
             t is None or t.dtype == w1.dtype for t in (b1, w2, b2)),
@@ -375,24 +385,29 @@ def _select_setup(ctx, inputs, output):
     ctx.has_bias = (b1 is not None, b2 is not None)
     ctx.x_meta = (x.shape, _layout(x))
     ctx.mark_non_differentiable(idx)
-    ctx.save_for_backward(means, w1, b1, w2, scores, idx)
+    ctx.save_for_backward(means, w1, b1, w2, b2, scores, idx)
 
 
 def _select_backward(ctx, g_xk, g_scores, _):
     """The gather's gradient (the chosen channels' gradients, back where
     they came from) and the selector's (through the chosen logits)."""
-    means, w1, b1, w2, scores, idx = ctx.saved_tensors
+    means, w1, b1, w2, b2, scores, idx = ctx.saved_tensors
     shape, layout = ctx.x_meta
     g_x = torch.empty(shape, dtype=g_xk.dtype, device=g_xk.device,
                       memory_format=layout).zero_()
     g_x.scatter_add_(1, _expand(idx, g_xk), g_xk)
     with torch._C._DisableAutocast():  # the selector's dtype, as its forward
-        inputs, s = means.to(w1.dtype), scores.to(w1.dtype)
+        inputs = _in_dtype(means, w1.dtype)
         pre = F.linear(inputs, w1, b1)
+        # the sigmoid's slope from the forward's own precision: scores in
+        # a lower one than the selector's round it (to 0 for confident
+        # channels in bfloat16)
+        s = scores if scores.dtype == w1.dtype else F.linear(
+            pre.relu(), w2, b2).gather(1, idx).sigmoid()
         g_logits = s.new_zeros(pre.shape[0], w2.shape[0]).scatter(
-            1, idx, g_scores.to(s.dtype) * s * (1 - s))
+            1, idx, _in_dtype(g_scores, s.dtype) * s * (1 - s))
         g_pre = (g_logits @ w2) * (pre > 0)  # ReLU's gradient, as ATen's
-    return (g_x, (g_pre @ w1).to(means.dtype), g_pre.t() @ inputs,
+    return (g_x, _in_dtype(g_pre @ w1, means.dtype), g_pre.t() @ inputs,
             g_pre.sum(0) if ctx.has_bias[0] else None,
             g_logits.t() @ pre.relu(),
             g_logits.sum(0) if ctx.has_bias[1] else None, None)
@@ -445,7 +460,7 @@ def _mod_block_(x, w1, b1, w2, b2, k, weights, biases, meta, residual,
         x, channel_means(x), w1, b1, w2, b2, k)
     y = torch.ops.mmmod.conv_chain(x_k, weights, biases, meta, residual,
                                    final_act, scores)
-    return add_channels_(x, y.to(x.dtype), idx, offset)
+    return add_channels_(x, _in_dtype(y, x.dtype), idx, offset)
 
 
 def _conv_chain_autograd(x, weights, biases, meta, residual, final_act,
@@ -485,18 +500,19 @@ def select_channels(x: Tensor, w1: Tensor, b1, w2: Tensor, b2,
 def fuse_channels(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
                   offset: int) -> Tensor:
     """``torch.ops.mmmod.fuse_channels`` (see the module docstring), with
-    ``y`` and ``scores`` in ``x``'s dtype: under autocast the Conv-Block and
-    the selector may compute in a lower precision than the map they add to,
-    and the sum keeps the map's dtype (no-ops otherwise)."""
-    return torch.ops.mmmod.fuse_channels(x, y.to(x.dtype), scores.to(x.dtype),
-                                         idx, offset)
+    ``y`` and ``scores`` in ``x``'s dtype: under autocast the Conv-Block may
+    compute in a lower precision than the map it adds to, and the sum keeps
+    the map's dtype (no casts where the dtypes agree)."""
+    return torch.ops.mmmod.fuse_channels(x, _in_dtype(y, x.dtype),
+                                         _in_dtype(scores, x.dtype), idx,
+                                         offset)
 
 
 def fuse_channels_(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
                    offset: int) -> Tensor:
     """What :func:`fuse_channels` computes, added into ``x`` (the inference
     form); returns ``x``: :func:`add_channels_` of ``y * scores``."""
-    y = y.to(x.dtype) * scores.to(x.dtype)[:, :, None, None]
+    y = _in_dtype(y, x.dtype) * _in_dtype(scores, x.dtype)[:, :, None, None]
     return add_channels_(x, y, idx, offset)
 
 

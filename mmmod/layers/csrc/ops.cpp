@@ -162,7 +162,9 @@ void check_select(const at::Tensor& x, const at::Tensor& means,
                   (!b2 || (b2->dim() == 1 && b2->size(0) == c)),
               "mmmod::select_channels: the selector's weights must be w1 (h, ",
               c, "), b1 (h), w2 (", c, ", h), b2 (", c, ") for x's ", c,
-              " channels, got w1 ", w1.sizes(), ", w2 ", w2.sizes());
+              " channels, got w1 ", w1.sizes(), ", b1 ",
+              b1 ? b1->sizes() : at::IntArrayRef(), ", w2 ", w2.sizes(),
+              ", b2 ", b2 ? b2->sizes() : at::IntArrayRef());
   const auto dtype = w1.scalar_type();
   TORCH_CHECK(at::isFloatingType(dtype) && w2.scalar_type() == dtype &&
                   (!b1 || b1->scalar_type() == dtype) &&
@@ -174,8 +176,8 @@ void check_select(const at::Tensor& x, const at::Tensor& means,
 // The selector runs in its weights' dtype, never autocast's: the means are
 // cast to it, and the chosen logits' sigmoid (the scores) is returned in
 // x's dtype. So a float32 selector ranks in float32 under autocast too, at
-// every batch size and on every device, and its backward (run outside
-// autocast) meets the dtypes its forward used.
+// every batch size and on every device, and its backward computes in the
+// dtype its forward did.
 // (a dtype check first: the hot path's tensors already agree, and a
 // dispatcher call per cast would cost more than the check)
 at::Tensor in_dtype(const at::Tensor& t, at::ScalarType dtype) {
@@ -794,8 +796,8 @@ struct SelectChannels : public torch::autograd::Function<SelectChannels> {
         layout_of(x) == at::MemoryFormat::ChannelsLast;
     ctx->saved_data["has_b1"] = b1.has_value() && b1->defined();
     ctx->saved_data["has_b2"] = b2.has_value() && b2->defined();
-    ctx->save_for_backward({means, w1, b1 ? *b1 : at::Tensor(), w2, scores,
-                            idx});
+    ctx->save_for_backward({means, w1, b1 ? *b1 : at::Tensor(), w2,
+                            b2 ? *b2 : at::Tensor(), scores, idx});
     ctx->mark_non_differentiable({idx});
     return {x_k, scores, idx};
   }
@@ -807,14 +809,15 @@ struct SelectChannels : public torch::autograd::Function<SelectChannels> {
       torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto &means = saved[0], &w1 = saved[1], &b1 = saved[2],
-               &w2 = saved[3], &scores = saved[4], &idx = saved[5];
+               &w2 = saved[3], &b2 = saved[4], &scores = saved[5],
+               &idx = saved[6];
     const auto &g_xk = grads[0], &g_scores = grads[1];
     const bool has_b1 = ctx->saved_data["has_b1"].toBool();
+    const bool has_b2 = ctx->saved_data["has_b2"].toBool();
     // in the selector's dtype, as its forward (select_channels' kernels)
     c10::impl::ExcludeDispatchKeyGuard no_autocast(
         c10::autocast_dispatch_keyset);
     const auto in = selector_input(means, w1);
-    const auto s = in_dtype(scores, w1.scalar_type());
     const auto format = ctx->saved_data["channels_last"].toBool()
                             ? at::MemoryFormat::ChannelsLast
                             : at::MemoryFormat::Contiguous;
@@ -825,18 +828,27 @@ struct SelectChannels : public torch::autograd::Function<SelectChannels> {
     g_x.scatter_add_(1, expand_to(idx, g_xk), g_xk);
     const auto pre = at::linear(
         in, w1, has_b1 ? c10::optional<at::Tensor>(b1) : c10::nullopt);
+    // the sigmoid's slope in the forward's own precision: scores in a lower
+    // one than the selector's round it (to 0 for confident channels in
+    // bfloat16)
+    const auto s =
+        scores.scalar_type() == w1.scalar_type()
+            ? scores
+            : at::linear(pre.relu(), w2,
+                         has_b2 ? c10::optional<at::Tensor>(b2) : c10::nullopt)
+                  .gather(1, idx)
+                  .sigmoid();
     const auto g_logits =
         at::zeros_symint({pre.sym_size(0), w2.sym_size(0)}, s.options())
             .scatter(1, idx,
                      in_dtype(g_scores, s.scalar_type()) * s * at::rsub(s, 1));
     const auto g_pre = at::matmul(g_logits, w2) * at::gt(pre, 0);
     return {g_x,
-            at::matmul(g_pre, w1).to(means.scalar_type()),
+            in_dtype(at::matmul(g_pre, w1), means.scalar_type()),
             at::matmul(g_pre.t(), in),
             has_b1 ? g_pre.sum(0) : at::Tensor(),
             at::matmul(g_logits.t(), pre.relu()),
-            ctx->saved_data["has_b2"].toBool() ? g_logits.sum(0)
-                                               : at::Tensor(),
+            has_b2 ? g_logits.sum(0) : at::Tensor(),
             at::Tensor()};
   }
 };
@@ -948,8 +960,8 @@ SelectOutputs select_channels_autograd(c10::DispatchKeySet ks,
 // CompositeImplicitAutograd kernel: eager runs the steps without Python
 // between them (in a network at batch 1 the Python between the steps cost
 // ~0.1 ms a block: its code and objects start cold, like the ops' data);
-// torch.compile's graphs get the steps themselves (torch.export keeps the
-// one call until run_decompositions()).
+// torch.compile's graphs get the steps themselves (torch.export on torch
+// 2.14 keeps the one call until run_decompositions()).
 at::Tensor& mod_block_(at::Tensor& x, const at::Tensor& w1,
                        const c10::optional<at::Tensor>& b1,
                        const at::Tensor& w2,
