@@ -176,9 +176,8 @@ def selector_logits(means: Tensor, w1: Tensor, b1, w2: Tensor,
     """Channel means -> Linear -> ReLU -> Linear: the logits (N, C), in the
     selector weights' dtype, never autocast's (the means cast to it), as
     ``select_channels``' kernels compute them."""
-    with torch._C._DisableAutocast():
-        return F.linear(
-            F.linear(_in_dtype(means, w1.dtype), w1, b1).relu(), w2, b2)
+    with torch._C._DisableAutocast():  # (.to: traceable by torch.fx)
+        return F.linear(F.linear(means.to(w1.dtype), w1, b1).relu(), w2, b2)
 
 
 def _select_channels_composite(x, means, w1, b1, w2, b2, k):
@@ -460,7 +459,7 @@ def _mod_block_(x, w1, b1, w2, b2, k, weights, biases, meta, residual,
         x, channel_means(x), w1, b1, w2, b2, k)
     y = torch.ops.mmmod.conv_chain(x_k, weights, biases, meta, residual,
                                    final_act, scores)
-    return add_channels_(x, _in_dtype(y, x.dtype), idx, offset)
+    return add_channels_(x, y.to(x.dtype), idx, offset)
 
 
 def _conv_chain_autograd(x, weights, biases, meta, residual, final_act,
@@ -502,17 +501,17 @@ def fuse_channels(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
     """``torch.ops.mmmod.fuse_channels`` (see the module docstring), with
     ``y`` and ``scores`` in ``x``'s dtype: under autocast the Conv-Block may
     compute in a lower precision than the map it adds to, and the sum keeps
-    the map's dtype (no casts where the dtypes agree)."""
-    return torch.ops.mmmod.fuse_channels(x, _in_dtype(y, x.dtype),
-                                         _in_dtype(scores, x.dtype), idx,
-                                         offset)
+    the map's dtype (no-ops otherwise; ``.to``, not a test of the dtypes,
+    so that torch.fx traces the block)."""
+    return torch.ops.mmmod.fuse_channels(x, y.to(x.dtype), scores.to(x.dtype),
+                                         idx, offset)
 
 
 def fuse_channels_(x: Tensor, y: Tensor, scores: Tensor, idx: Tensor,
                    offset: int) -> Tensor:
     """What :func:`fuse_channels` computes, added into ``x`` (the inference
     form); returns ``x``: :func:`add_channels_` of ``y * scores``."""
-    y = _in_dtype(y, x.dtype) * _in_dtype(scores, x.dtype)[:, :, None, None]
+    y = y.to(x.dtype) * scores.to(x.dtype)[:, :, None, None]
     return add_channels_(x, y, idx, offset)
 
 
