@@ -459,6 +459,35 @@ def test_inference_form_refuses_training_and_autograd():
         block(torch.randn(1, block.channels, 8, 8))
 
 
+@pytest.mark.parametrize('chain', [True, False])
+def test_inference_form_refuses_parameters_set_to_require_grad(chain):
+    """Parameters set to require grad again (``requires_grad_()``, as a
+    fine-tuning script does to every parameter) are refused under grad mode,
+    as an input that requires grad is: a Conv-Block that is no chain would
+    otherwise record its in-place add, and the optimizer would train folded
+    BN layers."""
+    act = nn.ReLU if chain else nn.Sigmoid  # a Sigmoid makes no chain
+    torch.manual_seed(0)
+    block = MoDBlock(16, lambda k: nn.Sequential(
+        nn.Conv2d(k, k, 3, padding=1), nn.BatchNorm2d(k), act()), c=4)
+    block.eval().switch_to_deploy()
+    assert isinstance(block.block, ConvChain) == chain
+    x = torch.randn(2, 16, 5, 5)
+    with torch.no_grad():
+        want = block(x.clone())
+    block.requires_grad_(True)
+    with pytest.raises(RuntimeError,
+                       match='conv_chain has no autograd' if chain else
+                       'no_grad'):
+        block(x.clone())
+    with torch.no_grad():
+        torch.testing.assert_close(block(x.clone()), want, rtol=0, atol=0)
+    block.requires_grad_(False)
+    out = block(x.clone())  # grad mode, nothing to record: it runs
+    assert not out.requires_grad
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('kind', ['resnet18', 'mobilenet', 'vgg'])
 def test_a_refused_train_switches_nothing(kind):
     """A deployed backbone's train() refuses before it switches a module

@@ -227,3 +227,64 @@ def test_session_without_spinning_threads(tmp_path):
         outs.append(sess.run(None, {sess.get_inputs()[0].name: x}))
     for a, b in zip(*outs):
         assert (a == b).all()
+
+
+class Selection(torch.nn.Module):
+    """``select_channels`` of a map, with a selector of its own dtype."""
+
+    def __init__(self, channels, k):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(channels, channels // 4)
+        self.fc2 = torch.nn.Linear(channels // 4, channels)
+        self.k = k
+
+    def forward(self, x):
+        from mmmod.layers.ops import select_channels
+        return select_channels(x, self.fc1.weight, self.fc1.bias,
+                               self.fc2.weight, self.fc2.bias, self.k)
+
+
+@pytest.mark.parametrize('dynamo', [
+    pytest.param(True, marks=pytest.mark.skipif(
+        not DYNAMO_EXPORT, reason='torch < 2.6: no dynamo exporter')), False
+])
+def test_a_selector_in_another_dtype_than_the_map_exports(dynamo, tmp_path):
+    """The op's rule (the selector computes in its weights' dtype, the
+    scores come back in the map's) holds in the exported graph: a float32
+    selector on a float64 map is two casts, a selector in the map's dtype
+    none, and ONNX Runtime chooses and scores as PyTorch does."""
+    import warnings
+    torch.manual_seed(0)
+    model = Selection(32, 8).eval()
+    casts = {}
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(0)
+        for _ in range(50):  # an input whose k-th and k+1-th logits differ
+            x = torch.randn(2, 32, 5, 5, dtype=dtype, generator=g)
+            with torch.no_grad():
+                logits = model.fc2(model.fc1(x.float().mean((2, 3))).relu())
+            top = logits.topk(model.k + 1).values
+            if (top[:, -2] - top[:, -1]).min() > 1e-4:
+                break
+        path = str(tmp_path / f'{dtype}.onnx')
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            if dynamo:
+                export_tool.export(model, x, path, opset=18)
+            else:
+                torch.onnx.export(
+                    model, (x, ), path,
+                    **({'dynamo': False} if DYNAMO_EXPORT else {}))
+            want = model(x)
+        ops = op_counts(path)
+        casts[dtype] = ops['Cast'] + ops['CastLike']
+        sess = export_tool.session(path)
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        assert [o.dtype for o in got] == [
+            torch.empty(0, dtype=t.dtype).numpy().dtype for t in want]
+        torch.testing.assert_close(torch.from_numpy(got[0]), want[0],
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(torch.from_numpy(got[1]), want[1],
+                                   rtol=1e-6, atol=1e-6)
+        assert torch.equal(torch.from_numpy(got[2]), want[2])
+    assert casts[torch.float64] == casts[torch.float32] + 2

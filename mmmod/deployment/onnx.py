@@ -50,10 +50,13 @@ def _gather_channels(x, idx):
 
 def select_channels(x, means, w1, b1, w2, b2, k: int):
     """``mmmod::select_channels`` in standard ONNX ops (the means are
-    computed before it, by ``channel_means``' sum and division)."""
-    logits = _linear(op.Relu(_linear(means, w1, b1)), w2, b2)
+    computed before it, by ``channel_means``' sum and division). The
+    selector computes in its weights' dtype and the scores come back in
+    ``x``'s, as the op's (CastLike: nothing once the dtypes agree)."""
+    logits = _linear(op.Relu(_linear(op.CastLike(means, w1), w1, b1)), w2,
+                     b2)
     top, idx = op.TopK(logits, op.Constant(value_ints=[k]), axis=1)
-    return _gather_channels(x, idx), op.Sigmoid(top), idx
+    return _gather_channels(x, idx), op.CastLike(op.Sigmoid(top), x), idx
 
 
 def fuse_channels(x, y, scores, idx, offset: int):

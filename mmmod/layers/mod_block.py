@@ -270,14 +270,18 @@ class MoDBlock(nn.Module):
             raise RuntimeError(
                 'MoDBlock: this block is in its inference form (deploy=True '
                 'or switch_to_deploy) and cannot run in training mode')
-        if x.requires_grad and torch.is_grad_enabled():
+        chain = self.block
+        # a chain's parameters are refused by conv_chain itself (no
+        # autograd); any other Conv-Block would record, in place
+        if torch.is_grad_enabled() and (x.requires_grad or (
+                not isinstance(chain, ConvChain)
+                and any(p.requires_grad for p in self.parameters()))):
             raise RuntimeError(
                 'MoDBlock: this block is in its inference form (deploy=True '
                 'or switch_to_deploy), which adds into its input in place and '
                 'has no autograd; run it under torch.no_grad() or '
-                'torch.inference_mode(), or train the model built without '
-                'deploy')
-        chain = self.block
+                'torch.inference_mode() with its parameters not requiring '
+                'grad, or train the model built without deploy')
         if isinstance(chain, ConvChain):
             # the steps below in one call, the chain times the scores
             # (eager: no Python between them; traced graphs: the steps)

@@ -37,9 +37,19 @@ def _expand_index(g, idx, x, k):
 
 @sh.parse_args('v', 'v', 'v', 'v', 'v', 'v', 'i')
 def select_channels(g, x, means, w1, b1, w2, b2, k):
+    """The selector in its weights' dtype, the scores in ``x``'s (the
+    means are in ``x``'s), as the op's."""
+    types = sh._type_utils.JitScalarType
+    dtype = types.from_value(x, types.FLOAT)
+    selector = types.from_value(w1, dtype)
+    if selector != dtype:
+        means = g.op('Cast', means, to_i=selector.onnx_type())
     logits = _linear(g, g.op('Relu', _linear(g, means, w1, b1)), w2, b2)
     top, idx = g.op('TopK', logits, _ints(g, [k]), axis_i=1, outputs=2)
-    return _gather_channels(g, x, idx), g.op('Sigmoid', top), idx
+    scores = g.op('Sigmoid', top)
+    if selector != dtype:
+        scores = g.op('Cast', scores, to_i=dtype.onnx_type())
+    return _gather_channels(g, x, idx), scores, idx
 
 
 def _gather_channels(g, x, idx):
