@@ -177,6 +177,16 @@ def test_spread_warning_fires_on_a_busy_machine_only():
     assert spread_warning({'m': dict(edge, q3=edge['q3'] + 0.1)})
 
 
+def test_every_table_names_the_cpu_and_its_vector_instructions():
+    """Two VMs named 'AMD EPYC' can be CPUs with AVX-512 and without, whose
+    inductor and oneDNN kernels differ: the machine line says which."""
+    from mmmod.utils.timing import cpu_name, describe_machine
+    line = describe_machine()
+    assert line.startswith(cpu_name()) and 'threads' in line
+    if hasattr(torch.backends.cpu, 'get_cpu_capability'):
+        assert f'{torch.backends.cpu.get_cpu_capability()})' in cpu_name()
+
+
 # --- the tables' arithmetic, on made-up timings ------------------------------
 
 
@@ -551,18 +561,24 @@ def test_compile_mode_compiles_every_model_at_every_batch_size():
 @pytest.mark.cuda
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
-def test_tool_in_the_cuda_modes(tmp_path):
+@pytest.mark.parametrize('modes,trains', [
+    (['cuda-eager', 'cuda-graphs', 'cuda-compile-graphs'], ['cuda-eager']),
+    (['cuda-compile'], []),
+    # inductor's stride assertion on convolution_backward's weight gradient
+    # at 1x1 maps (docs/speed.md)
+    pytest.param(['cuda-compile'], ['cuda-compile'], marks=pytest.mark.xfail(
+        reason='pytorch/pytorch#171622: channels-last predicted, contiguous '
+        'returned', strict=False)),
+])
+def test_tool_in_the_cuda_modes(modes, trains, tmp_path):
     out = tmp_path / 'speed.md'
     benchmark_tool.main([
-        BASELINE, MOD, *TINY, '--modes', 'cuda-eager', 'cuda-compile',
-        'cuda-graphs', 'cuda-compile-graphs', '--batch-sizes', '1', '2',
-        '--train-batch-sizes', '2', '--train-repeats', '1', '--train-warmup',
-        '1', '--profile', '1', '--out',
+        BASELINE, MOD, *TINY, '--modes', *modes, '--batch-sizes', '1', '2',
+        '--train-batch-sizes', *(['2'] if trains else []), '--train-repeats',
+        '1', '--train-warmup', '1', '--profile', '1', '--out',
         str(out)
     ])
-    _check_run(out, ['cuda-eager', 'cuda-compile', 'cuda-graphs',
-                     'cuda-compile-graphs'], [1, 2],
-               ['cuda-eager', 'cuda-compile'])
+    _check_run(out, modes, [1, 2], trains)
 
 
 @pytest.mark.slow

@@ -236,15 +236,27 @@ def spread_warning(stats: Dict[str, dict],
 
 
 def cpu_name() -> str:
-    """The processor's model name, e.g. 'AMD EPYC 7B13'."""
+    """The processor's model name, with its family and model numbers where
+    a VM hides the rest of the name, and the vector instructions PyTorch's
+    kernels use: e.g. 'AMD EPYC (family 25, model 1; AVX2)'. CPUs of one
+    name differ: with AVX-512 or without, inductor's code and oneDNN's
+    prepacked convolutions run other kernels."""
+    info = {}
     try:
         with open('/proc/cpuinfo') as f:
             for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
+                key, _, value = line.partition(':')
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = (info.get('model name') or platform.processor()
+            or platform.machine())
+    details = [f'family {info["cpu family"]}, model {info["model"]}'
+               ] if 'cpu family' in info and 'model' in info else []
+    capability = getattr(torch.backends.cpu, 'get_cpu_capability', None)
+    if capability is not None:
+        details.append(capability())
+    return f'{name} ({"; ".join(details)})' if details else name
 
 
 def describe_machine() -> str:

@@ -8,7 +8,7 @@
 Exports a classifier (image tensor in, class scores out), or with
 ``--backbone`` the backbone alone (feature maps out; the way to export the
 backbone of an mmseg or mmdet config). The graph is static: the MoD blocks'
-top-k and gather are ordinary ONNX ops (TopK, GatherElements), their shapes
+top-k and gather are ordinary ONNX ops (TopK, Gather), their shapes
 fixed by the config. ONNX Runtime's output on a new random input is checked
 against PyTorch's (``--atol``, default 1e-4; the tool fails above it), then
 the exported models are timed side by side in ONNX Runtime, with the
