@@ -464,8 +464,8 @@ def test_inference_form_refuses_parameters_set_to_require_grad(chain):
     """Parameters set to require grad again (``requires_grad_()``, as a
     fine-tuning script does to every parameter) are refused under grad mode,
     as an input that requires grad is: a Conv-Block that is no chain would
-    otherwise record its in-place add, and the optimizer would train folded
-    BN layers."""
+    otherwise record its in-place add, and an optimizer would train the
+    folded Conv-Block."""
     act = nn.ReLU if chain else nn.Sigmoid  # a Sigmoid makes no chain
     torch.manual_seed(0)
     block = MoDBlock(16, lambda k: nn.Sequential(

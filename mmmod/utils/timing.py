@@ -253,7 +253,8 @@ def cpu_name() -> str:
             or platform.machine())
     details = [f'family {info["cpu family"]}, model {info["model"]}'
                ] if 'cpu family' in info and 'model' in info else []
-    capability = getattr(torch.backends.cpu, 'get_cpu_capability', None)
+    capability = getattr(getattr(torch.backends, 'cpu', None),
+                         'get_cpu_capability', None)
     if capability is not None:
         details.append(capability())
     return f'{name} ({"; ".join(details)})' if details else name
