@@ -265,7 +265,7 @@ def test_fastest_mode_table():
 
 @pytest.mark.parametrize('argv, message', [
     (['--modes', 'eager', 'fast'], "--modes: unknown mode.*'fast'.*eager, "
-     'compile, compile-freeze, onnxruntime'),
+     'compile, compile-freeze, compile-freeze-cpp, onnxruntime'),
     (['--modes', 'eager', 'eager'], '--modes: each mode once'),
     (['--batch-sizes', '0'], '--batch-sizes: must be positive integers'),
     (['--batch-sizes', '1', '1'], '--batch-sizes: each batch size once'),
@@ -291,6 +291,16 @@ def test_cuda_modes_without_a_gpu_are_refused(capsys):
         benchmark_tool.parse_args([BASELINE, MOD, '--modes', 'cuda-eager'])
     assert '--modes: cuda-eager need a CUDA device' in capsys.readouterr().err
     assert 'cuda-eager' not in bench.default_modes()
+
+
+def test_a_mode_this_torch_cannot_run_is_refused(monkeypatch, capsys):
+    # torch 2.1's C++ wrapper takes no op with several outputs
+    monkeypatch.setattr(bench, '_TORCH', (2, 1))
+    with pytest.raises(SystemExit):
+        benchmark_tool.parse_args(
+            [BASELINE, MOD, '--modes', 'eager', 'compile-freeze-cpp'])
+    assert '--modes: compile-freeze-cpp needs torch >= 2.14, this is ' in \
+        capsys.readouterr().err
 
 
 def test_two_configs_of_one_name_are_refused(capsys):
@@ -536,6 +546,24 @@ def test_tool_in_the_compile_modes(tmp_path):
                     (mode == 'compile-freeze')), (mode, name, sorted(ops))
     # freezing held for that mode, not process-wide
     assert torch._inductor.config.freezing is False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif('compile-freeze-cpp' not in bench.CPU_MODES,
+                    reason='the C++ wrapper mode needs torch >= 2.14')
+def test_tool_in_the_cpp_wrapper_mode(tmp_path):
+    out = tmp_path / 'speed.md'
+    result = benchmark_tool.main([
+        BASELINE, MOD, *TINY, '--modes', 'compile-freeze-cpp',
+        '--batch-sizes', '1', '--train-batch-sizes', '--profile', '1',
+        '--out', str(out)
+    ])
+    _check_run(out, ['compile-freeze-cpp'], [1], [])
+    # the MoD ops run, called from the generated C++ through the dispatcher
+    ops = {row[0] for row in result['timings']['compile-freeze-cpp'][1][
+        'resnet18-mod']['profile']}
+    assert {'mmmod::select_channels', 'mmmod::conv_chain'} <= ops, ops
+    assert torch._inductor.config.cpp_wrapper is False
 
 
 @pytest.mark.slow

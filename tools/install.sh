@@ -9,7 +9,7 @@
 # mmcv 2.1 (the newest that mmdet 3.3 / mmseg 1.2 accept) ships on PyPI as source only.
 # Its setup.py hard-codes -std=c++17, but torch >= 2.14 headers need C++20, so we build
 # it from the unpacked sdist with the standard that the installed torch needs, and cache
-# the wheel: a second install takes seconds instead of ~11 minutes.
+# the wheel: a second install takes seconds instead of 10-15 minutes.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,7 +45,7 @@ wheel_dir="$cache/mmcv-${MMCV_VERSION}-$tag"
 if ls "$wheel_dir"/mmcv-*.whl >/dev/null 2>&1; then
   say "using cached mmcv wheel in $wheel_dir"
 else
-  say "no cached wheel for $tag: building mmcv from source (about 11 minutes on 2 cores)"
+  say "no cached wheel for $tag: building mmcv from source (10-15 minutes on 2 cores)"
   build="$(mktemp -d)"
   "$PY" -m pip download --disable-pip-version-check --no-deps --no-binary :all: \
     "mmcv==${MMCV_VERSION}" -d "$build"
@@ -55,7 +55,9 @@ else
   say "compiling with -std=$std for torch $("$PY" -c 'import torch; print(torch.__version__)')"
   sed -i "s/-std=c++17/-std=$std/g" "$src/setup.py"
   mkdir -p "$wheel_dir"
-  (cd "$src" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+  # -g0: no debug info (the interpreter's CFLAGS ask for -g): 13 instead of
+  # 20-28 minutes on a 2-core AMD EPYC, a 1.4 MB wheel instead of 31 MB
+  (cd "$src" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" CFLAGS="${CFLAGS:-} -g0" \
     "$PY" -m pip wheel --disable-pip-version-check --no-build-isolation --no-deps . -w "$wheel_dir.tmp")
   mv "$wheel_dir.tmp"/mmcv-*.whl "$wheel_dir"/ && rm -rf "$wheel_dir.tmp" "$build"
 fi

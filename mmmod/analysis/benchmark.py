@@ -102,6 +102,7 @@ class Mode:
     trains: bool = False
     help: str = ''
     inductor: Optional[dict] = None
+    torch_min: tuple = ()  # (major, minor) of the oldest torch it runs on
 
 
 MODES = {
@@ -119,6 +120,15 @@ MODES = {
          'torch.compile, inductor freezing (weights constant: conv-BN '
          'folding, weight prepacking; inference only)',
          inductor={'freezing': True}),
+    'compile-freeze-cpp':
+    # inductor's C++ wrapper: the graph's kernels and the MoD ops called
+    # from generated C++ (the custom ops through aoti_torch_call_dispatcher),
+    # with none of the Python wrapper's per-call cost
+    Mode('cpu', _compiled(options={'freezing': True, 'cpp_wrapper': True}),
+         False, 'torch.compile, inductor freezing and its C++ wrapper (the '
+         "graph's kernels and ops called from generated C++, not Python; "
+         'inference only)', inductor={'freezing': True, 'cpp_wrapper': True},
+         torch_min=(2, 14)),
     'onnxruntime':
     Mode('cpu', None, False, 'ONNX Runtime CPU session, same thread count '
          '(mmmod.deployment.export, one static graph per batch size)'),
@@ -134,7 +144,10 @@ MODES = {
     Mode('cuda', _compiled(mode='reduce-overhead'), False,
          'torch.compile mode="reduce-overhead" (inductor with CUDA graphs)'),
 }
-CPU_MODES = tuple(m for m, mode in MODES.items() if mode.device == 'cpu')
+_TORCH = tuple(int(v) for v in torch.__version__.split('.')[:2])
+#: The modes that run on this torch (every CUDA one needs a GPU too).
+CPU_MODES = tuple(m for m, mode in MODES.items()
+                  if mode.device == 'cpu' and _TORCH >= mode.torch_min)
 CUDA_MODES = tuple(m for m, mode in MODES.items() if mode.device == 'cuda')
 
 
@@ -161,6 +174,11 @@ def check_modes(modes: Sequence[str]) -> list:
                         f'choose among {", ".join(MODES)}')
     if len(set(modes)) < len(modes):
         raise PlanError('modes', f'each mode once, got {modes}')
+    old = [m for m in modes if _TORCH < MODES[m].torch_min]
+    if old:
+        raise PlanError('modes', f'{old[0]} needs torch >= '
+                        f'{".".join(map(str, MODES[old[0]].torch_min))}, '
+                        f'this is {torch.__version__}')
     cuda = [m for m in modes if MODES[m].device == 'cuda']
     if cuda and not torch.cuda.is_available():
         raise PlanError('modes', f'{" ".join(cuda)} need a CUDA device and '
