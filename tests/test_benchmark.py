@@ -293,14 +293,28 @@ def test_cuda_modes_without_a_gpu_are_refused(capsys):
     assert 'cuda-eager' not in bench.default_modes()
 
 
-def test_a_mode_this_torch_cannot_run_is_refused(monkeypatch, capsys):
+@pytest.mark.parametrize('version, runs', [
+    ('2.1.2', False), ('2.14.0a0+git', False), ('2.14.1+cu130', True),
+    ('2.15.0', True)])
+def test_the_cpp_wrapper_mode_needs_torch_2_14(version, runs, monkeypatch,
+                                               capsys):
     # torch 2.1's C++ wrapper takes no op with several outputs
-    monkeypatch.setattr(bench, '_TORCH', (2, 1))
-    with pytest.raises(SystemExit):
-        benchmark_tool.parse_args(
-            [BASELINE, MOD, '--modes', 'eager', 'compile-freeze-cpp'])
-    assert '--modes: compile-freeze-cpp needs torch >= 2.14, this is ' in \
-        capsys.readouterr().err
+    from torch.torch_version import TorchVersion
+    monkeypatch.setattr(bench, 'TORCH_VERSION', TorchVersion(version))
+    assert bench.runs_on_this_torch('compile-freeze-cpp') == runs
+    # asked for by name only
+    assert 'compile-freeze-cpp' not in bench.default_modes()
+    assert 'compile-freeze-cpp' not in bench.Plan().modes
+    assert 'compile-freeze' in bench.Plan().modes
+    argv = [BASELINE, MOD, '--modes', 'eager', 'compile-freeze-cpp']
+    if runs:
+        assert benchmark_tool.parse_args(argv).plan.modes[1] == \
+            'compile-freeze-cpp'
+    else:
+        with pytest.raises(SystemExit):
+            benchmark_tool.parse_args(argv)
+        assert ('--modes: compile-freeze-cpp needs torch >= 2.14, this is '
+                in capsys.readouterr().err)
 
 
 def test_two_configs_of_one_name_are_refused(capsys):
@@ -549,7 +563,7 @@ def test_tool_in_the_compile_modes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif('compile-freeze-cpp' not in bench.CPU_MODES,
+@pytest.mark.skipif(not bench.runs_on_this_torch('compile-freeze-cpp'),
                     reason='the C++ wrapper mode needs torch >= 2.14')
 def test_tool_in_the_cpp_wrapper_mode(tmp_path):
     out = tmp_path / 'speed.md'

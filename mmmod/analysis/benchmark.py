@@ -24,11 +24,12 @@ import copy
 import json
 import os.path as osp
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from torch.torch_version import TorchVersion
 
 from mmmod.apis import model_name
 from mmmod.paper import SPEEDUPS
@@ -102,7 +103,8 @@ class Mode:
     trains: bool = False
     help: str = ''
     inductor: Optional[dict] = None
-    torch_min: tuple = ()  # (major, minor) of the oldest torch it runs on
+    torch_min: str = ''  # the oldest torch it runs on
+    default: bool = True  # among the modes run when none are named
 
 
 MODES = {
@@ -128,7 +130,7 @@ MODES = {
          False, 'torch.compile, inductor freezing and its C++ wrapper (the '
          "graph's kernels and ops called from generated C++, not Python; "
          'inference only)', inductor={'freezing': True, 'cpp_wrapper': True},
-         torch_min=(2, 14)),
+         torch_min='2.14', default=False),
     'onnxruntime':
     Mode('cpu', None, False, 'ONNX Runtime CPU session, same thread count '
          '(mmmod.deployment.export, one static graph per batch size)'),
@@ -144,16 +146,28 @@ MODES = {
     Mode('cuda', _compiled(mode='reduce-overhead'), False,
          'torch.compile mode="reduce-overhead" (inductor with CUDA graphs)'),
 }
-_TORCH = tuple(int(v) for v in torch.__version__.split('.')[:2])
-#: The modes that run on this torch (every CUDA one needs a GPU too).
-CPU_MODES = tuple(m for m, mode in MODES.items()
-                  if mode.device == 'cpu' and _TORCH >= mode.torch_min)
+CPU_MODES = tuple(m for m, mode in MODES.items() if mode.device == 'cpu')
 CUDA_MODES = tuple(m for m, mode in MODES.items() if mode.device == 'cuda')
+TORCH_VERSION = TorchVersion(torch.__version__)
+
+
+def runs_on_this_torch(mode: str) -> bool:
+    need = MODES[mode].torch_min
+    return not need or TORCH_VERSION >= need
+
+
+def default_cpu_modes() -> tuple:
+    """The CPU modes run when none are named: those this torch runs, but
+    ``compile-freeze-cpp`` (asked for by name: its C++ wrapper adds tens of
+    seconds of compiling a model and batch size)."""
+    return tuple(m for m in CPU_MODES
+                 if MODES[m].default and runs_on_this_torch(m))
 
 
 def default_modes() -> tuple:
-    """Every CPU mode, and the CUDA ones when there is a GPU."""
-    return CPU_MODES + (CUDA_MODES if torch.cuda.is_available() else ())
+    """:func:`default_cpu_modes`, and the CUDA ones when there is a GPU."""
+    return default_cpu_modes() + (CUDA_MODES
+                                  if torch.cuda.is_available() else ())
 
 
 class PlanError(ValueError):
@@ -174,11 +188,11 @@ def check_modes(modes: Sequence[str]) -> list:
                         f'choose among {", ".join(MODES)}')
     if len(set(modes)) < len(modes):
         raise PlanError('modes', f'each mode once, got {modes}')
-    old = [m for m in modes if _TORCH < MODES[m].torch_min]
+    old = [m for m in modes if not runs_on_this_torch(m)]
     if old:
         raise PlanError('modes', f'{old[0]} needs torch >= '
-                        f'{".".join(map(str, MODES[old[0]].torch_min))}, '
-                        f'this is {torch.__version__}')
+                        f'{MODES[old[0]].torch_min}, this is '
+                        f'{torch.__version__}')
     cuda = [m for m in modes if MODES[m].device == 'cuda']
     if cuda and not torch.cuda.is_available():
         raise PlanError('modes', f'{" ".join(cuda)} need a CUDA device and '
@@ -215,7 +229,7 @@ class Plan:
     Warm-up rounds are at least 1: the first call of a model compiles it
     (compile modes), captures its CUDA graph or creates its optimizer state,
     and must not be timed."""
-    modes: Sequence[str] = CPU_MODES
+    modes: Sequence[str] = field(default_factory=default_cpu_modes)
     batch_sizes: Sequence[int] = (1, 8)
     input_shape: Sequence[int] = (3, 224, 224)
     warmup: int = 10

@@ -37,7 +37,8 @@ def parse_args(argv=None):
                    'is the baseline')
     p.add_argument('--modes', nargs='+', default=bench.default_modes(),
                    metavar='MODE', help=f'among {", ".join(bench.MODES)} '
-                   '(default: the CPU modes, and the CUDA ones with a GPU)')
+                   '(default: the CPU modes this torch runs but '
+                   'compile-freeze-cpp, and the CUDA ones with a GPU)')
     p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8],
                    metavar='N', help='inference batch sizes (default 1 8)')
     p.add_argument('--train-batch-sizes', type=int, nargs='*', metavar='N',
