@@ -235,6 +235,10 @@ def test_mobilenet_v2_settings():
     assert [getattr(wide, f'layer{i}')[0].conv[-1].conv.out_channels
             for i in range(1, 8)] == [16, 32, 64, 96, 128, 160, 320]
     assert MobileNetV2MoD(c=8).layer2[1].k == 3
+    # c follows widen_factor as the stages do (stage 2: 24 * 0.5 -> 16)
+    for widen, c in ((0.5, 16), (0.35, 8), (1.4, 32)):
+        narrow = MobileNetV2MoD(widen_factor=widen)
+        assert narrow.c == c and narrow.layer2[1].k == 1
 
 
 def test_vgg_mod_layers():

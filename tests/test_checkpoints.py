@@ -115,3 +115,160 @@ def test_shipped_stock_init_configs_start_from_schemes():
         [(key, path)] = config_checkpoints(cfg)
         assert key == 'model.backbone.init_cfg.checkpoint' and '://' in path
         check_checkpoints(cfg)
+
+
+def test_home_relative_paths_are_expanded_as_the_loader_does(
+        tmp_path, monkeypatch):
+    """``~/x.pth``, which mmengine's loader expands and loads, is found,
+    loaded and checked as data."""
+    import torch
+
+    from mmmod.apis import (CheckpointNotDataError, check_checkpoint_is_data,
+                            load_checkpoint_into)
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
+    model = torch.nn.Linear(2, 3)
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'c.pth')
+    cfg = config(tmp_path, model=dict(backbone=dict(init_cfg=dict(
+        type='Pretrained', checkpoint='~/c.pth'))), load_from='~/c.pth')
+    check_checkpoints(cfg)
+    other = torch.nn.Linear(2, 3)
+    load_checkpoint_into(other, '~/c.pth')
+    assert torch.equal(other.weight, model.weight)
+    with pytest.raises(FileNotFoundError, match='~/gone.pth does not exist'):
+        check_checkpoints(config(tmp_path, load_from='~/gone.pth'))
+    if not _loads_as_data():
+        return
+    torch.save({'meta': RunsCode(str(tmp_path / 'opened'))},
+               tmp_path / 'evil.pth')
+    with pytest.raises(CheckpointNotDataError,
+                       match='^~/evil.pth holds io.open'):
+        check_checkpoint_is_data('~/evil.pth')
+    assert not (tmp_path / 'opened').exists()
+
+
+class RunsCode:
+    """A pickle that opens (creates) a file when it is loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+class RunsCommand:
+    """A pickle that runs a shell command (torch blocks ``os``'s module by
+    name) that creates a file, when it is loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f'touch {self.path}', ))
+
+
+def _loads_as_data():
+    import torch
+    return hasattr(torch.serialization, 'get_unsafe_globals_in_checkpoint')
+
+
+# checkpoints load as data from torch 2.6 (torch.load's weights_only)
+needs_weights_only = pytest.mark.skipif(
+    not _loads_as_data(), reason='this torch loads checkpoints as any pickle')
+
+
+@needs_weights_only
+@pytest.mark.parametrize('payload', [RunsCode, RunsCommand])
+def test_legacy_format_checkpoint_that_runs_code_is_refused(
+        tmp_path, monkeypatch, capsys, payload):
+    """A checkpoint in torch's legacy (non-zip) format is refused as a zip
+    one is: the same message naming the type and --trust-checkpoint, in the
+    scan before anything is built (--preflight: exit 1), in the run and
+    where a file is loaded without the scan (as a URL's); the payload never
+    runs."""
+    import os
+
+    import torch
+    from conftest import tool
+
+    from mmmod.apis import (CheckpointNotDataError, check_checkpoint_is_data,
+                            checkpoints_as_data, run_tool)
+    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
+    monkeypatch.chdir(ROOT)
+    marker = tmp_path / 'ran'
+    ckpt = {'state_dict': {'w': torch.ones(2)}, 'meta': payload(str(marker))}
+    legacy, zipped = tmp_path / 'legacy.pth', tmp_path / 'zipped.pth'
+    torch.save(ckpt, legacy, _use_new_zipfile_serialization=False)
+    torch.save(ckpt, zipped)
+    name = ('io.open' if payload is RunsCode else
+            f'{os.system.__module__}.system')
+
+    train = tool('train')
+    demo = 'configs/demo/resnet18-mod_1xb16_digits.py'
+    messages = {}
+    for path in (zipped, legacy):
+        with pytest.raises(CheckpointNotDataError) as err:
+            check_checkpoint_is_data(str(path))
+        assert str(err.value).startswith(f'{path} holds {name}: not data')
+        assert '--trust-checkpoint' in str(err.value)
+        argv = [demo, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                f'load_from={path}']
+        with pytest.raises(SystemExit) as exit_:
+            run_tool(lambda: train.main(argv + ['--preflight']),
+                     preflight=True)
+        assert exit_.value.code == 1
+        messages[path] = capsys.readouterr().err
+        with pytest.raises(CheckpointNotDataError, match=name):
+            train.main(argv)  # the run
+        # loaded without the scan first
+        with pytest.raises(CheckpointNotDataError, match=name):
+            with checkpoints_as_data():
+                torch.load(path)
+    assert messages[legacy] == messages[zipped].replace(str(zipped),
+                                                        str(legacy))
+    assert messages[legacy].startswith(f'error: {legacy} holds {name}')
+    assert not marker.exists()
+
+
+def test_legacy_format_checkpoint_of_data_passes(tmp_path):
+    """A legacy-format checkpoint of mmengine's data types (tensors, numpy,
+    HistoryBuffer) passes the scan and loads as data; a file in neither
+    format is torch.load's to refuse."""
+    import numpy as np
+    import torch
+    from mmengine.logging import HistoryBuffer
+
+    from mmmod.apis import check_checkpoint_is_data, checkpoints_as_data
+    path = tmp_path / 'legacy.pth'
+    torch.save({'state_dict': torch.nn.BatchNorm2d(3).state_dict(),
+                'meta': {'hub': HistoryBuffer([1.0], [1]),
+                         'seed': np.int64(3), 'a': np.ones(2)}},
+               path, _use_new_zipfile_serialization=False)
+    check_checkpoint_is_data(str(path))
+    with checkpoints_as_data():
+        loaded = torch.load(path)
+    assert loaded['meta']['hub'].statistics('mean') == 1.0
+    (tmp_path / 'junk.pth').write_bytes(b'not a checkpoint')
+    check_checkpoint_is_data(str(tmp_path / 'junk.pth'))
+
+
+@pytest.mark.parametrize('message,name', [
+    # torch >= 2.4
+    ('Unsupported global: GLOBAL io.open was not an allowed global by '
+     'default. Please use ...', 'io.open'),
+    # torch >= 2.5, a blocked module
+    ('Trying to load unsupported GLOBAL posix.system whose module posix is '
+     'blocked.', 'posix.system'),
+    # torch 2.1 - 2.3
+    ('Weights only load failed. ... Unsupported class posix.system',
+     'posix.system'),
+    ("the checkpoint asks for getattr(<class 'X'>, '__init__'); only "
+     "HistoryBuffer's statistics methods are data",
+     "getattr(<class 'X'>, '__init__')"),
+    ('Unsupported operand 149', None),
+])
+def test_refusal_wordings_of_torch_versions(message, name):
+    from mmmod.apis.checkpoints import refused_global
+    assert refused_global(message) == name

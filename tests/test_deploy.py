@@ -196,6 +196,19 @@ def test_conv_chain_rejects_bad_arguments():
                                        False, 0, scale)
         with pytest.raises(RuntimeError, match='scale must have shape'):
             ops._conv_chain(x, [w], [b], [1, 1, 1, 1, 1, 0], False, 0, scale)
+    # the kernel's, the composite's and the fake's checks alike
+    meta = [1, 1, 1, 1, 1, 0]
+    bad = {
+        'residual add needs 4': (x, [w[:1]], [b[:1]], meta, True, 0),
+        'final_act must be': (x, [w], [b], meta, False, 7),
+        'bias must have shape': (x, [w], [b[:3]], meta, False, 0),
+        'floating-point map': (x.long(), [w], [b], meta, False, 0),
+    }
+    for message, args in bad.items():
+        for chain in (torch.ops.mmmod.conv_chain, ops._conv_chain,
+                      ops._conv_chain_fake):
+            with pytest.raises(RuntimeError, match=message):
+                chain(*args)
 
 
 @pytest.mark.parametrize('fusion', FUSIONS)
@@ -645,6 +658,56 @@ def test_a_conv_block_that_is_no_chain_keeps_its_modules():
     assert isinstance(block.block.bn, nn.Identity)  # folded
 
 
+def test_a_residual_add_that_broadcasts_is_no_chain():
+    """``conv(k -> 1)(x) + x`` broadcasts in the training form; deployed it
+    keeps its module (a chain's residual needs its input's channels)."""
+
+    class Gate(nn.Module):
+
+        def __init__(self, k):
+            super().__init__()
+            self.conv = nn.Conv2d(k, 1, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x) + x
+
+    torch.manual_seed(0)
+    block = deployed_equals_training(MoDBlock(16, Gate, c=4, reduction=4),
+                                     torch.randn(2, 16, 5, 5))
+    assert isinstance(block.block, Gate)
+
+
+@pytest.mark.parametrize('extra', ['dcn', 'non_local'])
+def test_conv_blocks_with_deformable_convs_or_plugins_deploy(extra):
+    """mmdet's ResNetMoD with DCNv2 or a NonLocal2d plugin (modules that
+    torch.fx cannot enter): deployed, each Conv-Block keeps its modules, the
+    BN after a plain conv folded, and the model equals its training form."""
+    from mmdet.registry import MODELS
+    import mmmod  # noqa: F401 (registers ResNetMoD)
+    extras = {
+        'dcn': dict(dcn=dict(type='DCNv2', deform_groups=1,
+                             fallback_on_stride=False),
+                    stage_with_dcn=(False, True, True, True)),
+        'non_local': dict(plugins=[dict(cfg=dict(type='NonLocal2d'),
+                                        position='after_conv2')]),
+    }
+    torch.manual_seed(0)
+    model = randomise_norms(MODELS.get('ResNetMoD')(
+        depth=50, base_channels=16, c=16, **extras[extra]))
+    model.eval()  # (mmdet's train() returns None)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = outputs(model, x)
+        switch_to_deploy(model)
+        out = outputs(model, x)
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+    kept = [b.block for b in mod_blocks(model)
+            if not isinstance(b.block, ConvChain)]
+    assert len(kept) == {'dcn': 6, 'non_local': 7}[extra]  # (stage 1: chain)
+    assert all(isinstance(b.norm1, nn.Identity) for b in kept)  # folded
+
+
 def test_wide_conv_blocks_stay_with_onednn():
     """c = 2 (the ablation) makes the Conv-Blocks of k >= 64 channels too
     wide for the direct kernel: they keep their (folded) convs; the model
@@ -725,19 +788,19 @@ def test_compiled_inference_form_equals_eager(wrapper, fusion):
         out, code = run_and_get_code(outputs, compiled, x.clone())
         again = outputs(compiled, x.clone())
         ran = op_counts(lambda: compiled(x.clone()))
+    code = ''.join(code)
     if wrapper == 'cpp_wrapper':
         # the generated C++ calls the ops through the dispatcher (by name),
         # with no Python between them
         for op in ('select_channels', 'conv_chain'):
-            calls = ''.join(code).count(f'"mmmod::{op}"')
+            calls = code.count(f'"mmmod::{op}"')
             assert calls == len(mod_blocks(model)), (op, calls)
     # frozen: the network's convolutions prepacked, BN folded into them
     # (called from C++ through AOTInductor's shim, which the profiler does
     # not see, with the C++ wrapper)
     prepacked = any(op.startswith('mkldnn::_convolution_pointwise')
                     for op in ran) or (
-                        'aoti_torch_cpu_mkldnn__convolution_pointwise'
-                        in ''.join(code))
+                        'aoti_torch_cpu_mkldnn__convolution_pointwise' in code)
     assert prepacked == (freezing and torch.backends.mkldnn.is_available())
     for o, a, r in zip(out, again, ref):
         torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4)

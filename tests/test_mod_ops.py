@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
-from conftest import gpu_kernel, needs_opcheck, needs_redispatch
+from conftest import cpu_supports, gpu_kernel, needs_opcheck, needs_redispatch
 
 from mmmod.layers import FUSIONS, HAS_EXT, MoDBlock, ops
 from mmmod.layers.ops import channel_means
@@ -288,6 +288,58 @@ def test_the_selector_kernel_computes_float32_itself():
         op(*args[:3], b1[:, None], *args[4:])
 
 
+def lower_channel_first(logits, k):
+    """The ``k`` best channels of each row by the ops' rule, written out:
+    largest first, NaN above every number, exact ties to the lower
+    channel."""
+    def rank(row):
+        return lambda i: (not row[i] != row[i], -row[i] if row[i] == row[i]
+                          else 0, i)
+    return torch.tensor([sorted(range(len(row)), key=rank(row))[:k]
+                         for row in logits.double().tolist()])
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64,
+                                   torch.float16, torch.bfloat16])
+def test_exact_ties_go_to_the_lower_channel(dtype):
+    """Logits with many exact ties (and NaN, +0 and -0): the CPU kernel
+    (its own top-k: no ATen top-k or sort ran), the GPU kernel and the
+    composite choose the same channels in the same order, the order of
+    ONNX's TopK (``torch.topk`` orders ties its own way)."""
+    if not cpu_supports(dtype):
+        pytest.skip(f'torch {torch.__version__}: no {dtype} matmul on CPU')
+    kernels = {'composite': ops._select_channels_composite,
+               'op': torch.ops.mmmod.select_channels}
+    if HAS_EXT and hasattr(torch._ops.OpOverload, 'redispatch'):
+        kernels['gpu'] = gpu_kernel('select_channels')
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        n = 1 + trial % 3
+        channels = int(torch.randint(1, 70, (), generator=gen))
+        k = int(torch.randint(1, channels + 1, (), generator=gen))
+        # a dead selector (no weights reach the logits): logits = b2
+        b2 = torch.randint(-2, 3, (channels, ), generator=gen).to(dtype)
+        if trial % 4 == 1:
+            b2[::3] = float('nan')
+        elif trial % 4 == 2:
+            b2[b2 == 0] = -0.0
+        x = torch.randn(n, channels, 2, 3, generator=gen).to(dtype)
+        w1 = torch.zeros(1, channels, dtype=dtype)
+        w2 = torch.zeros(channels, 1, dtype=dtype)
+        args = (x, channel_means(x), w1, None, w2, b2, k)
+        want = lower_channel_first(b2.expand(n, -1), k)
+        for name, kernel in kernels.items():
+            x_k, scores, idx = kernel(*args)
+            assert torch.equal(idx, want), (name, trial)
+            assert torch.equal(x_k, x.gather(1, ops._expand(idx, x)))
+            torch.testing.assert_close(scores, b2[idx].sigmoid(), rtol=0,
+                                       atol=0, equal_nan=True)
+    if HAS_EXT:
+        called = ops_run(lambda: torch.ops.mmmod.select_channels(*args))
+        assert 'mmmod::select_channels' in called
+        assert not called & {'aten::topk', 'aten::sort'}
+
+
 @needs_ext
 def test_cpu_kernels_are_registered_with_the_dispatcher():
     for op in ('select_channels', 'fuse_channels'):
@@ -548,6 +600,30 @@ def test_a_mixed_precision_training_step(fusion):
         assert p.grad is not None and p.grad.dtype == p.dtype, name
         assert p.grad.isfinite().all(), name
     assert block.selector.fc1.weight.grad.abs().sum() > 0
+
+
+def test_integer_maps_are_refused_where_they_enter():
+    """An integer map is refused by the ops (the convs would run in
+    integers and the scores, in (0, 1), scale by 0), also by a deployed
+    block, which would otherwise return its input."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 5, (2, 16, 3, 3))
+    w1, w2 = torch.randn(4, 16), torch.randn(16, 4)
+    calls = {
+        'select_channels': lambda: torch.ops.mmmod.select_channels(
+            x, x.float().mean((2, 3)), w1, None, w2, None, 4),
+        'fuse_channels': lambda: torch.ops.mmmod.fuse_channels(
+            x, x[:, :4], torch.ones(2, 4, dtype=x.dtype),
+            torch.zeros(2, 4, dtype=torch.long), 0),
+    }
+    for op, call in calls.items():
+        with pytest.raises(RuntimeError, match=f'mmmod::{op}: x must be a '
+                           'floating-point map, got'):
+            call()
+    block = make_block(16, c=4).eval().switch_to_deploy()
+    with torch.no_grad(), pytest.raises(
+            RuntimeError, match='must be a floating-point map'):
+        block(x)
 
 
 def test_selector_weights_must_fit_the_map():

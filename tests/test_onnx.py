@@ -98,9 +98,10 @@ def min_top_k_gap(model, x):
 
 def wake_selectors(model, x):
     """Random weights can leave a selector dead (every hidden unit off for
-    every input: all logits 0, a tie that two runtimes may break
-    differently); flip the sign of the rows of fc1 that are off on ``x``,
-    as training would not leave them."""
+    every input: all logits 0, so channels 0..k-1 for any input, in every
+    runtime), which would leave the selection untested; flip the sign of
+    the rows of fc1 that are off on ``x``, as training would not leave
+    them."""
     from mmmod.layers import mod_blocks
 
     def hook(block, inputs):
@@ -290,3 +291,35 @@ def test_a_selector_in_another_dtype_than_the_map_exports(dynamo, tmp_path):
                                    rtol=1e-6, atol=1e-6)
         assert torch.equal(torch.from_numpy(got[2]), want[2])
     assert casts[torch.float64] == casts[torch.float32] + 2
+
+
+@pytest.mark.parametrize('dynamo', [
+    pytest.param(True, marks=pytest.mark.skipif(
+        not DYNAMO_EXPORT, reason='torch < 2.6: no dynamo exporter')), False
+])
+def test_exact_ties_choose_alike_in_onnx_runtime(dynamo, tmp_path):
+    """Exactly tied logits (every logit its bias, as from a selector whose
+    hidden units are all off) choose the same channels in the same order in
+    ONNX Runtime as in PyTorch: the lower channel first, as ONNX's TopK
+    orders them."""
+    import warnings
+    torch.manual_seed(0)
+    model = Selection(32, 8).eval()
+    with torch.no_grad():
+        model.fc2.weight.zero_()  # logits = fc2's bias: 16 ties at the top
+        model.fc2.bias.copy_(torch.tensor([0., 1.]).repeat(16))
+    x = torch.randn(2, 32, 5, 5)
+    path = str(tmp_path / 'ties.onnx')
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        if dynamo:
+            export_tool.export(model, x, path, opset=18)
+        else:
+            torch.onnx.export(model, (x, ), path,
+                              **({'dynamo': False} if DYNAMO_EXPORT else {}))
+        want = model(x)
+    assert torch.equal(want[2], torch.arange(1, 16, 2).expand(2, -1))
+    sess = export_tool.session(path)
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    assert torch.equal(torch.from_numpy(got[2]), want[2])
+    assert torch.equal(torch.from_numpy(got[0]), want[0])

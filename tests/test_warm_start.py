@@ -19,7 +19,7 @@ from stock_checkpoints import place_stock_checkpoint, stand_in_state
 from mmmod.layers import MoDBlock, is_mod_position
 from mmmod.models import ResNetMoD, ResNetV1cMoD, ResNetV1dMoD
 from mmmod.models.warm_start import (WarmStartFromResNet, canonical_name,
-                                     map_resnet_to_mod)
+                                     map_resnet_to_mod, warm_start_resnet_mod)
 
 convert = tool('model_converters/resnet_to_mod').main
 MOD_KEY = re.compile(r'(backbone\.)?layer\d+\.(\d+)\.')
@@ -263,10 +263,14 @@ def test_stems_that_do_not_match_are_refused():
     with pytest.raises(ValueError, match=r"no weights for 4 keys .*"
                        r"'layer3.0.downsample.1.weight'"):
         map_resnet_to_mod(ResNetMoD(depth=18), holed)
-    # V1d's shortcut (AvgPool, conv, norm) is not V1c's (conv, norm)
-    with pytest.raises(ValueError, match=r'layer2.0.downsample.1.weight has '
-                       r'shape \(128,\)'):
+    # V1d's strided shortcut (AvgPool, conv, norm) is not V1c's (conv, norm)
+    with pytest.raises(ValueError, match=r'layer2.0.downsample is the strided'
+                       r' 1x1 conv .*ResNetV1dMoD\(depth=18\) has the V1d'):
         map_resnet_to_mod(ResNetV1dMoD(depth=18), v1c)
+    v1d = randomised(ResNetV1dMoD(depth=18).state_dict())
+    with pytest.raises(ValueError, match=r'layer2.0.downsample is the V1d '
+                       r'shortcut .*ResNetV1cMoD\(depth=18\) has the strided'):
+        map_resnet_to_mod(ResNetV1cMoD(depth=18), v1d)
     with pytest.raises(ValueError, match=r'ResNet18 weights.*depth=50'):
         map_resnet_to_mod(ResNetMoD(depth=50), plain)
     with pytest.raises(TypeError, match='ResNet-MoD backbone'):
@@ -377,3 +381,86 @@ def test_a_resnet_mod_checkpoint_loads_whole(tmp_path):
         map_resnet_to_mod(other_c, {k[len('backbone.'):]: v
                                     for k, v in state.items()
                                     if k.startswith('backbone.')})
+
+
+TOOLBOXES = ['mmpretrain', 'mmseg', 'mmdet']
+
+
+def toolbox_class(toolbox, name):
+    import importlib
+    import mmmod.models  # noqa: F401  registers the MoD backbones
+    return importlib.import_module(f'{toolbox}.registry').MODELS.get(name)
+
+
+def v1d_source_key(key, src, dst):
+    """The name in ``src``'s ResNetV1d of ``dst``'s key: the deep stem's two
+    layouts, and layer1's shortcut, [conv, norm] in mmpretrain and
+    [AvgPool2d(1), conv, norm] in mmseg and mmdet."""
+    if (src == 'mmpretrain') != (dst == 'mmpretrain'):
+        stem = SEQUENTIAL_STEM if dst == 'mmpretrain' else {
+            v: k for k, v in SEQUENTIAL_STEM.items()}
+        key = stem.get(key, key)
+        m = re.fullmatch(r'layer1\.0\.downsample\.(\d)\.(\w+)', key)
+        if m:
+            shift = 1 if src != 'mmpretrain' else -1
+            key = f'layer1.0.downsample.{int(m[1]) + shift}.{m[2]}'
+    return key
+
+
+@pytest.mark.parametrize('dst', TOOLBOXES)
+@pytest.mark.parametrize('src', TOOLBOXES)
+def test_v1d_checkpoints_across_toolboxes(src, dst):
+    """A ResNetV1d checkpoint of any toolbox warm-starts any toolbox's
+    ResNetV1dMoD: every stock tensor, layer1's shortcut included (its
+    indices differ: mmseg and mmdet put an identity AvgPool2d first),
+    loads equal to its source."""
+    torch.manual_seed(0)
+    stock = randomised(toolbox_class(src, 'ResNetV1d')(depth=50).state_dict())
+    model = toolbox_class(dst, 'ResNetV1dMoD')(depth=50)
+    report = warm_start_resnet_mod(model, stock, f'{src} V1d')
+    loaded = model.state_dict()
+    new = {k for k in loaded if at_mod_position(k)}
+    assert new and set(report.new) == new
+    assert set(report.mapped) == set(loaded) - new
+    for key in report.mapped:
+        assert torch.equal(loaded[key], stock[v1d_source_key(key, src, dst)]
+                           ), key
+    assert set(report.skipped) == {k for k in stock if at_mod_position(k)}
+
+
+@pytest.mark.parametrize('extra', ['dcnv2', 'nonlocal'])
+def test_warm_start_is_applied_after_the_childrens_init(extra, tmp_path):
+    """mmdet's DCNv2 convs (ModulatedDeformConv2dPack) and NonLocal2d
+    re-initialise their weights in their own init_weights, which mmengine
+    runs after an ordinary init_cfg: the warm start must come after them,
+    as type='Pretrained' does, and keep every mapped tensor."""
+    from mmdet.models.backbones import ResNet
+    kwargs = dict(depth=50)
+    if extra == 'dcnv2':
+        kwargs.update(dcn=dict(type='DCNv2', deform_groups=1,
+                               fallback_on_stride=False),
+                      stage_with_dcn=(False, True, True, True))
+        stock = stand_in_state(ResNet(depth=50))  # torchvision://resnet50
+    else:
+        kwargs.update(plugins=[dict(cfg=dict(type='NonLocal2d'),
+                                    stages=(False, False, True, True),
+                                    position='after_conv2')])
+        stock = randomised(ResNet(**kwargs).state_dict())
+    path = tmp_path / 'stock.pth'
+    torch.save(stock, path)
+    model = toolbox_class('mmdet', 'ResNetMoD')(
+        **kwargs, init_cfg=dict(type='WarmStartFromResNet',
+                                checkpoint=str(path)))
+    model.init_weights()
+    report = model.warm_start_report
+    loaded = model.state_dict()
+    assert any('conv2.weight' in k for k in report.mapped)
+    if extra == 'nonlocal':
+        assert 'layer3.0.nonlocal_block.g.conv.weight' in report.mapped
+    for key in report.mapped:
+        assert torch.equal(loaded[key], stock[key]), key
+    # what the checkpoint lacks starts as in a scratch model: DCN offsets 0
+    if extra == 'dcnv2':
+        offsets = [k for k in report.new if 'conv_offset' in k
+                   and not at_mod_position(k)]
+        assert offsets and all(not loaded[k].any() for k in offsets)

@@ -56,7 +56,8 @@ def check_checkpoints(cfg, init_weights=True):
     scheme (``torchvision://``, ``open-mmlab://``, http) are the loader's
     business."""
     for key, path in config_checkpoints(cfg, init_weights):
-        if '://' not in path and not osp.isfile(path):
+        # the loader expands '~' (mmengine's load_from_local)
+        if '://' not in path and not osp.isfile(osp.expanduser(path)):
             raise FileNotFoundError(missing_checkpoint_message(cfg, key, path))
 
 
@@ -266,22 +267,106 @@ def apply_trust_flag(args):
 
 def check_checkpoint_is_data(path):
     """Raise :class:`CheckpointNotDataError` naming the types that local
-    checkpoint ``path`` holds beyond data (read from its pickle without
-    running it); URLs and files in torch's legacy format are checked when
-    loaded (:func:`allow_checkpoint_data`). Nothing to check once
-    :func:`trust_checkpoints` was asked."""
+    checkpoint ``path`` holds beyond data (read from its pickles without
+    running them), in torch's zip format and in its legacy (non-zip) one;
+    URLs are checked when loaded (:func:`allow_checkpoint_data`). Nothing to
+    check once :func:`trust_checkpoints` was asked."""
     import torch
-    if ('://' in path or not osp.isfile(path) or _trusted()
+    if '://' in path:
+        return
+    local = osp.expanduser(path)  # as the loader reads it
+    if (not osp.isfile(local) or _trusted()
             or not hasattr(torch.serialization,
                            'get_unsafe_globals_in_checkpoint')):
         return
     allow_checkpoint_data()
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except (RuntimeError, ValueError, pickle.UnpicklingError):
-        return  # not a zip checkpoint: torch.load decides
+    with open(local, 'rb') as f:
+        is_zip = f.read(4) == b'PK\x03\x04'
+    if is_zip:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(
+                local)
+        except (RuntimeError, ValueError, pickle.UnpicklingError):
+            return  # not a torch.save zip (TorchScript, ...): torch decides
+    else:
+        unsafe = _unsafe_globals_in_legacy_checkpoint(local)
     if unsafe:
         raise CheckpointNotDataError(not_data_message(path, sorted(unsafe)))
+
+
+# the pickles of torch's legacy (non-zip) format, in the order torch.load
+# reads them: magic number, protocol version, sys info, the object, the
+# storage keys (the storages' bytes follow)
+_LEGACY_PICKLES = 5
+
+
+def _unsafe_globals_in_legacy_checkpoint(path):
+    """The globals that the pickles of ``path``, a checkpoint in torch's
+    legacy format, name beyond torch's allowlist (and
+    :func:`checkpoint_globals`): read statically (``pickletools``), nothing
+    is unpickled. Empty when ``path`` is not in that format (torch.load
+    decides)."""
+    import pickletools
+
+    import torch
+    try:
+        from torch import _weights_only_unpickler as wo
+        safe = set(wo._get_allowed_globals())
+        safe |= set(getattr(wo, '_get_user_allowed_globals', dict)())
+    except (ImportError, AttributeError):
+        return set()
+    found = set()
+    with open(path, 'rb') as f:
+        for i in range(_LEGACY_PICKLES):
+            try:
+                ops = list(pickletools.genops(f))
+            except Exception:  # noqa: BLE001 a corrupt/truncated pickle
+                break  # what was read is checked; torch.load decides
+            if i == 0 and not any(
+                    arg == torch.serialization.MAGIC_NUMBER
+                    for _, arg, _ in ops):
+                return set()  # not a legacy checkpoint
+            found |= _pickle_globals(ops)
+    return found - safe
+
+
+def _pickle_globals(ops):
+    """``module.name`` of every global that ``ops`` (pickletools.genops)
+    imports: GLOBAL's argument, STACK_GLOBAL's two strings (tracked through
+    the memo); a STACK_GLOBAL whose strings are not known counts as
+    unsafe."""
+    try:  # python 2 names, as torch's weights_only unpickler maps them
+        from torch._utils import IMPORT_MAPPING, NAME_MAPPING
+    except ImportError:
+        from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+    found, stack, memo = set(), [], {}
+    for op, arg, _ in ops:
+        name = op.name
+        if name == 'GLOBAL':
+            module, attr = arg.split(' ', 1)
+            if (module, attr) in NAME_MAPPING:
+                module, attr = NAME_MAPPING[(module, attr)]
+            elif module in IMPORT_MAPPING:
+                module = IMPORT_MAPPING[module]
+            found.add(f'{module}.{attr}')
+            stack.append(None)
+        elif name == 'STACK_GLOBAL':
+            module, attr = (stack[-2:] if len(stack) >= 2 else (None, None))
+            found.add(f'{module}.{attr}' if isinstance(module, str)
+                      and isinstance(attr, str) else 'STACK_GLOBAL(?)')
+            stack[-2:] = [None]
+        elif name in ('SHORT_BINUNICODE', 'BINUNICODE', 'BINUNICODE8',
+                      'UNICODE', 'SHORT_BINSTRING', 'BINSTRING', 'STRING'):
+            stack.append(arg if isinstance(arg, str) else None)
+        elif name == 'MEMOIZE':
+            memo[len(memo)] = stack[-1] if stack else None
+        elif name in ('PUT', 'BINPUT', 'LONG_BINPUT'):
+            memo[arg] = stack[-1] if stack else None
+        elif name in ('GET', 'BINGET', 'LONG_BINGET'):
+            stack.append(memo.get(arg))
+        elif name not in ('PROTO', 'FRAME', 'STOP'):
+            stack.append(None)  # (only the strings before a global matter)
+    return found
 
 
 def not_data_message(path, types):
@@ -302,9 +387,29 @@ def checkpoints_as_data():
     except CheckpointNotDataError:
         raise
     except pickle.UnpicklingError as e:
-        found = (re.search(r'GLOBAL (\S+) was not an allowed global', str(e))
-                 or re.search(r'(getattr\(.*?\)); only', str(e)))
+        found = refused_global(str(e))
         if not found:  # another unpickling problem (a corrupt file, ...)
             raise
         raise CheckpointNotDataError(
-            not_data_message('a checkpoint of this run', [found[1]])) from e
+            not_data_message('a checkpoint of this run', [found])) from e
+
+
+# how torch's weights_only unpickler words a refused global, torch 2.1-2.15:
+# not allowlisted (2.4+), of a blocked module such as os/posix/subprocess
+# (2.5+), an unsupported class (2.1-2.3); and mmmod's own getattr
+_REFUSALS = (
+    r'GLOBAL (\S+) was not an allowed global',
+    r'GLOBAL (\S+) whose module \S+ is blocked',
+    r'Unsupported class (\S+)',
+    r'(getattr\(.*?\)); only',
+)
+
+
+def refused_global(message):
+    """The global that a weights_only refusal ``message`` names, else
+    None."""
+    for pattern in _REFUSALS:
+        found = re.search(pattern, message)
+        if found:
+            return found[1].rstrip('.')
+    return None

@@ -190,7 +190,9 @@ def load_checkpoint_into(model, checkpoint):
     from mmengine.runner.checkpoint import (_load_checkpoint,
                                             _load_checkpoint_to_model)
 
-    if '://' not in checkpoint and not osp.isfile(checkpoint):
+    # the loader expands '~' (mmengine's load_from_local)
+    if ('://' not in checkpoint
+            and not osp.isfile(osp.expanduser(checkpoint))):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     check_checkpoint_is_data(checkpoint)
     with checkpoints_as_data():

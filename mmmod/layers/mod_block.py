@@ -358,7 +358,7 @@ def fold_conv_bn(module: nn.Module, strict: bool = True) -> nn.Module:
     try:
         if type(module).forward is nn.Module.forward:  # ModuleList, -Dict
             raise ValueError(f'{type(module).__name__} has no forward')
-        graph = _trace(module)
+        graph = _trace(module, bn_free_leaves=True)
     except ValueError:
         if strict:
             raise
@@ -392,22 +392,31 @@ _BN_FORWARDS = (nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward)
 
 class _Tracer(fx.Tracer):
     """Convs and BNs are leaves whatever their class (mmengine's SyncBN
-    checks its input's dim in Python)."""
+    checks its input's dim in Python); with ``bn_free_leaves``, so is every
+    module without a BN inside (nothing in it to fold: mmcv's deformable
+    convs and attention plugins do not trace)."""
+
+    def __init__(self, bn_free_leaves: bool = False):
+        super().__init__()
+        self.bn_free_leaves = bn_free_leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (isinstance(m, (nn.modules.conv._ConvNd,
                                nn.modules.batchnorm._BatchNorm))
+                or (self.bn_free_leaves and not any(
+                    isinstance(s, nn.modules.batchnorm._BatchNorm)
+                    for s in m.modules()))
                 or super().is_leaf_module(m, qualname))
 
 
-def _trace(module: nn.Module) -> fx.Graph:
+def _trace(module: nn.Module, bn_free_leaves: bool = False) -> fx.Graph:
     """``module``'s forward as a ``torch.fx`` graph, optional arguments at
     their defaults; a ValueError if it does not trace."""
     params = list(inspect.signature(module.forward).parameters.values())
     defaults = {p.name: p.default for p in params[1:]
                 if p.default is not inspect.Parameter.empty}
     try:
-        return _Tracer().trace(module, concrete_args=defaults)
+        return _Tracer(bn_free_leaves).trace(module, concrete_args=defaults)
     # a forward may raise anything on proxies (type checks of its input,
     # len() of a proxy...)
     except Exception as err:
@@ -492,7 +501,10 @@ class ConvChain(nn.Module):
         (default :attr:`MAX_MACS_PER_PIXEL`)."""
         if max_macs_per_pixel is None:
             max_macs_per_pixel = cls.MAX_MACS_PER_PIXEL
-        graph = _trace(block)
+        try:
+            graph = _trace(block)
+        except ValueError:  # e.g. a deformable conv: no chain
+            return None
         nodes = list(graph.nodes)
         if not nodes or nodes[0].op != 'placeholder':
             return None
@@ -510,7 +522,7 @@ class ConvChain(nn.Module):
             if node.op == 'output':
                 fits = (node.args[0] is cur and convs
                         and len(x.users) == 1 + residual
-                        and _chain_fits(convs, max_macs_per_pixel))
+                        and _chain_fits(convs, residual, max_macs_per_pixel))
                 return cls(convs, residual, final_act) if fits else None
             if node.op not in ('call_module', 'call_function',
                                'call_method'):
@@ -561,12 +573,15 @@ def _macs_per_pixel(weights) -> int:
     return sum(w[0].numel() * w.shape[0] for w in weights)
 
 
-def _chain_fits(convs, max_macs_per_pixel: int) -> bool:
+def _chain_fits(convs, residual: bool, max_macs_per_pixel: int) -> bool:
     channels = convs[0][0].in_channels
     for conv, _ in convs:
         if conv.in_channels != channels:
             return False
         channels = conv.out_channels
+    # a residual add that would broadcast (k -> 1 channels, + x) is no chain
+    if residual and channels != convs[0][0].in_channels:
+        return False
     return _macs_per_pixel(c.weight for c, _ in convs) <= max_macs_per_pixel
 
 

@@ -4,9 +4,11 @@
 ``select_channels(x, means, w1, b1, w2, b2, k) -> (x_k, scores, idx)``
     The selector and the gather of Figure 2: ``x``'s channel means (N, C),
     given -> Linear -> ReLU -> Linear gives the logits (N, C); ``idx`` are
-    the ``k`` largest, largest first, as ``torch.topk`` chooses them (the
-    CPU kernel's float32 linears at batch 1 equal ATen's to rounding, see
-    ``csrc/ops.cpp``); ``scores`` their sigmoids (N, k), in ``x``'s dtype;
+    the ``k`` largest, largest first, exact ties to the lower channel (NaN
+    above every number): a stable descending sort's first ``k``, ONNX's
+    TopK order, on every device and runtime (the CPU kernel's float32
+    linears at batch 1 equal ATen's to rounding, see ``csrc/ops.cpp``);
+    ``scores`` their sigmoids (N, k), in ``x``'s dtype;
     ``x_k`` the chosen channels (N, k, H, W). The selector runs in its
     weights' dtype, never autocast's (the means are cast to it): a float32
     selector ranks in float32 under autocast too, at every batch size. The
@@ -180,8 +182,19 @@ def selector_logits(means: Tensor, w1: Tensor, b1, w2: Tensor,
         return F.linear(F.linear(means.to(w1.dtype), w1, b1).relu(), w2, b2)
 
 
-def _select_channels_composite(x, means, w1, b1, w2, b2, k):
-    logits, idx = selector_logits(means, w1, b1, w2, b2).topk(k, dim=1)
+def top_k(logits: Tensor, k: int):
+    """The ``k`` largest ``logits`` (N, C) of each row and their channels,
+    largest first; exact ties go to the lower channel and NaN ranks above
+    every number. A stable descending sort's first ``k``: the order of
+    ONNX's TopK (``torch.topk``'s order among ties is its own)."""
+    logits, idx = logits.sort(dim=1, descending=True, stable=True)
+    # (clones: new (N, k) tensors, strided as the fake kernel's)
+    return (logits[:, :k].clone(memory_format=torch.contiguous_format),
+            idx[:, :k].clone(memory_format=torch.contiguous_format))
+
+
+def _select_channels_composite(x, means, w1, b1, w2, b2, k, rank=top_k):
+    logits, idx = rank(selector_logits(means, w1, b1, w2, b2), k)
     x_k = x.gather(1, _expand(idx, x)).contiguous(memory_format=_layout(x))
     return x_k, _in_dtype(logits.sigmoid(), x.dtype), idx
 
@@ -207,18 +220,21 @@ def _activate(y: Tensor, act: int) -> Tensor:
 
 def _conv_chain_composite(x, weights, biases, meta, residual, final_act,
                           scale=None):
-    y = x
-    for i, (w, b) in enumerate(zip(weights, biases)):
-        pad_h, pad_w, dil_h, dil_w, groups, act = meta[CHAIN_META * i:
-                                                       CHAIN_META * (i + 1)]
-        y = _activate(
-            F.conv2d(y, w, b, padding=(pad_h, pad_w), dilation=(dil_h, dil_w),
-                     groups=groups), act)
-    if residual:
-        y = y + x
-    y = _activate(y, final_act)
-    if scale is not None:
-        y = y * scale[:, :, None, None]
+    # in the map's dtype, autocast or not, as the C++ kernel
+    with torch._C._DisableAutocast():
+        y = x
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            pad_h, pad_w, dil_h, dil_w, groups, act = meta[
+                CHAIN_META * i:CHAIN_META * (i + 1)]
+            y = _activate(
+                F.conv2d(y, w.to(x.dtype), b.to(x.dtype),
+                         padding=(pad_h, pad_w), dilation=(dil_h, dil_w),
+                         groups=groups), act)
+        if residual:
+            y = y + x
+        y = _activate(y, final_act)
+        if scale is not None:
+            y = y * scale.to(x.dtype)[:, :, None, None]
     return y.contiguous(memory_format=_layout(x))
 
 
@@ -226,9 +242,17 @@ def _shape(t) -> str:
     return 'None' if t is None else str(tuple(t.shape))
 
 
+def _check_floating_map(x, op):
+    """The kernels' check of a map: an integer map would run the convs in
+    integers and scale by 0."""
+    torch._check(x.dtype.is_floating_point, lambda: f'mmmod::{op}: x must '
+                 f'be a floating-point map, got {x.dtype}')
+
+
 def _check_select(x, means, w1, b1, w2, b2, k):
     torch._check(x.dim() == 4, lambda: 'mmmod::select_channels: x must have '
                  f'shape (N, C, H, W), got {tuple(x.shape)}')
+    _check_floating_map(x, 'select_channels')
     c = x.shape[1]
     torch._check(tuple(means.shape) == tuple(x.shape[:2]), lambda: 'mmmod::'
                  f'select_channels: means must have shape {tuple(x.shape[:2])}'
@@ -259,6 +283,7 @@ def _check_fuse(x, y, scores, idx, offset):
         and y.shape[0] == x.shape[0] and y.shape[2:] == x.shape[2:],
         lambda: f'mmmod::fuse_channels: y of shape {tuple(y.shape)} does '
         f'not fit x of shape {tuple(x.shape)}')
+    _check_floating_map(x, 'fuse_channels')
     n, k = y.shape[:2]
     torch._check(tuple(scores.shape) == (n, k), lambda: 'mmmod::'
                  f'fuse_channels: scores must have shape ({n}, {k}), got '
@@ -272,9 +297,9 @@ def _check_fuse(x, y, scores, idx, offset):
                  f'exceeds the {x.shape[1]} channels of x')
 
 
-def _select_channels(x, means, w1, b1, w2, b2, k):
+def _select_channels(x, means, w1, b1, w2, b2, k, rank=top_k):
     _check_select(x, means, w1, b1, w2, b2, k)
-    return _select_channels_composite(x, means, w1, b1, w2, b2, k)
+    return _select_channels_composite(x, means, w1, b1, w2, b2, k, rank)
 
 
 def _fuse_channels(x, y, scores, idx, offset):
@@ -282,7 +307,7 @@ def _fuse_channels(x, y, scores, idx, offset):
     return _fuse_channels_composite(x, y, scores, idx, offset)
 
 
-def _check_chain(x, weights, biases, meta, scale):
+def _check_chain(x, weights, biases, meta, residual, final_act, scale):
     """The C++ kernel's checks, for the composite and the fake."""
     torch._check(
         x.dim() == 4 and len(weights) >= 1 and len(biases) == len(weights)
@@ -290,8 +315,9 @@ def _check_chain(x, weights, biases, meta, scale):
         lambda: f'mmmod::conv_chain: x of shape {tuple(x.shape)} with '
         f'{len(weights)} weights, {len(biases)} biases, {len(meta)} meta '
         f'values ({CHAIN_META} a conv)')
+    _check_floating_map(x, 'conv_chain')
     channels = x.shape[1]
-    for i, w in enumerate(weights):
+    for i, (w, b) in enumerate(zip(weights, biases)):
         pad_h, pad_w, dil_h, dil_w, groups, act = meta[CHAIN_META * i:
                                                        CHAIN_META * (i + 1)]
         torch._check(
@@ -307,7 +333,18 @@ def _check_chain(x, weights, biases, meta, scale):
             lambda: f'mmmod::conv_chain: layer {i}: padding ({pad_h}, '
             f'{pad_w}) and dilation ({dil_h}, {dil_w}) must keep the size '
             f'of the map, act must be 0, 1 or 2, got {act}')
+        torch._check(
+            b.dim() == 1 and b.shape[0] == w.shape[0],
+            lambda: f'mmmod::conv_chain: layer {i}: bias must have shape '
+            f'({w.shape[0]})')
         channels = w.shape[0]
+    torch._check(
+        not residual or channels == x.shape[1],
+        lambda: f'mmmod::conv_chain: the residual add needs {x.shape[1]} '
+        f'output channels, got {channels}')
+    torch._check(
+        0 <= final_act <= 2, lambda: 'mmmod::conv_chain: final_act must be '
+        f'0, 1 or 2, got {final_act}')
     torch._check(
         scale is None or tuple(scale.shape) == (x.shape[0], channels),
         lambda: 'mmmod::conv_chain: scale must have shape '
@@ -315,7 +352,7 @@ def _check_chain(x, weights, biases, meta, scale):
 
 
 def _conv_chain(x, weights, biases, meta, residual, final_act, scale=None):
-    _check_chain(x, weights, biases, meta, scale)
+    _check_chain(x, weights, biases, meta, residual, final_act, scale)
     return _conv_chain_composite(x, weights, biases, meta, residual,
                                  final_act, scale)
 
@@ -325,10 +362,17 @@ _lib.impl('select_channels', _select_channels, 'CompositeExplicitAutograd')
 _lib.impl('fuse_channels', _fuse_channels, 'CompositeExplicitAutograd')
 _lib.impl('conv_chain', _conv_chain, 'CompositeExplicitAutograd')
 
+def _select_channels_for_onnx(x, means, w1, b1, w2, b2, k):
+    # torch.topk, which the exporter writes as ONNX's TopK: that orders
+    # exact ties as top_k does (it has no form for a stable sort)
+    return _select_channels(x, means, w1, b1, w2, b2, k,
+                            lambda logits, k: logits.topk(k, dim=1))
+
+
 # the composites as decompositions too: a plain torch.onnx.export (the
 # dynamo exporter) decomposes the ops it has no ONNX form for into these
 # ATen ops (mmmod.deployment.export gives it the ops' own ONNX forms)
-for _name, _fn in (('select_channels', _select_channels),
+for _name, _fn in (('select_channels', _select_channels_for_onnx),
                    ('fuse_channels', _fuse_channels),
                    ('conv_chain', _conv_chain)):
     torch._decomp.register_decomposition(
@@ -372,7 +416,7 @@ def _fuse_channels_fake(x, y, scores, idx, offset):
 @_register_fake('mmmod::conv_chain')
 def _conv_chain_fake(x, weights, biases, meta, residual, final_act,
                      scale=None):
-    _check_chain(x, weights, biases, meta, scale)
+    _check_chain(x, weights, biases, meta, residual, final_act, scale)
     n, _, h, w = x.shape
     return torch.empty((n, weights[-1].shape[0], h, w), dtype=x.dtype,
                        device=x.device, memory_format=_layout(x))

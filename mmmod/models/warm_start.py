@@ -18,6 +18,11 @@ stem has two layouts, renamed into the model's:
   ``stem.3.weight``, ...
 - mmpretrain: three ConvModules: ``stem.0.conv.weight``, ``stem.0.bn.*``, ...
 
+and the V1d shortcut of ``layer1`` two, matched by what each index holds
+(the conv, the norm): mmpretrain's ``downsample.0`` / ``.1`` (conv, norm),
+mmseg's and mmdet's ``downsample.1`` / ``.2`` after an identity
+``AvgPool2d(1)``.
+
 From a config, point the backbone straight at a stock checkpoint::
 
     backbone=dict(type='ResNetMoD', depth=50, init_cfg=dict(
@@ -29,10 +34,11 @@ set ``load_from`` to the result.
 import copy
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from mmengine.logging import print_log
-from mmengine.model import constant_init, initialize, update_init_info
+from mmengine.model import (constant_init, initialize, is_model_wrapper,
+                            update_init_info)
 from mmengine.registry import WEIGHT_INITIALIZERS
 from mmpretrain.models.backbones.resnet import ResNet
 from torch import Tensor, nn
@@ -50,6 +56,10 @@ _STOCK_KEY = re.compile(
 # Deep-stem layouts (see the module docstring), to one name per parameter.
 _STEM_SEQUENTIAL = re.compile(r'stem\.(\d+)\.(\w+)')
 _STEM_CONVMODULE = re.compile(r'stem\.(\d+)\.(\w+)\.(\w+)')
+# A standard block's shortcut: [conv, norm], or [AvgPool2d, conv, norm] (V1d;
+# mmpretrain leaves the pool out where the stride is 1, mmseg and mmdet keep
+# an identity AvgPool2d(1) there), to one name per parameter.
+_SHORTCUT = re.compile(r'(layer\d+\.\d+\.downsample)\.(\d+)\.(\w+)')
 
 
 @dataclass
@@ -168,6 +178,77 @@ def canonical_name(key: str) -> str:
     return key
 
 
+def _shortcut_layouts(
+        state) -> Dict[str, Tuple[Optional[int], Optional[int]]]:
+    """``{'layerS.I.downsample': (conv index, norm index)}`` of the
+    shortcuts in ``state`` (a state dict): the conv is the module with a 4-d
+    weight, the norm the other one with parameters (a V1d shortcut's
+    AvgPool2d has none); None where the state lacks it."""
+    indices = {}
+    for key, value in state.items():
+        m = _SHORTCUT.fullmatch(key)
+        if m:
+            layout = indices.setdefault(m[1], {})
+            is_conv = m[3] == 'weight' and value.dim() == 4
+            layout[int(m[2])] = layout.get(int(m[2]), False) or is_conv
+    layouts = {}
+    for prefix, layout in indices.items():
+        convs = [i for i, is_conv in layout.items() if is_conv]
+        norms = [i for i, is_conv in layout.items() if not is_conv]
+        if len(convs) <= 1 and len(norms) <= 1:
+            layouts[prefix] = (convs[0] if convs else None,
+                               norms[0] if norms else None)
+    return layouts
+
+
+def canonical_names(state) -> Dict[str, str]:
+    """:func:`canonical_name` of each key of ``state`` (a state dict), the
+    shortcuts' included: ``layerS.I.downsample.<conv>.<p>`` ->
+    ``layerS.I.downsample.conv.<p>``, ``<norm>`` -> ``norm``, whether an
+    AvgPool2d comes first or not (see :func:`_check_shortcuts` for when the
+    two differ)."""
+    layouts = _shortcut_layouts(state)
+    names = {}
+    for key in state:
+        m = _SHORTCUT.fullmatch(key)
+        if m and m[1] in layouts:
+            conv, norm = layouts[m[1]]
+            kind = {conv: 'conv', norm: 'norm'}.get(int(m[2]))
+            if kind:
+                names[key] = f'{m[1]}.{kind}.{m[3]}'
+                continue
+        names[key] = canonical_name(key)
+    return names
+
+
+def _check_shortcuts(model, backbone_state, name, where):
+    """A strided shortcut of ``model`` and the checkpoint's must both pool
+    first (V1d: AvgPool2d, then a 1x1 conv) or both not (a strided 1x1 conv);
+    where the stride is 1 the pool is the identity and either loads."""
+    ckpt = _shortcut_layouts(backbone_state)
+    for prefix, module in model.named_modules():
+        if prefix not in ckpt:
+            continue
+        pools = [m for m in module.children() if isinstance(m, nn.AvgPool2d)]
+        convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            continue
+        stride = pools[0].stride if pools else convs[0].stride
+        if stride in (1, (1, 1)):
+            continue
+        if ckpt[prefix][0] is None:
+            continue  # no conv weights: named as missing later
+        ckpt_pools = ckpt[prefix][0] > 0  # a module without weights first
+        if ckpt_pools != bool(pools):
+            v1d = 'the V1d shortcut (AvgPool2d, then a 1x1 conv)'
+            strided = 'the strided 1x1 conv shortcut (ResNet, V1c)'
+            mine, theirs = (v1d, strided) if pools else (strided, v1d)
+            raise ValueError(
+                f'{where}: {prefix} is {theirs}, {name} has {mine}: '
+                'warm-start ResNetV1dMoD from a V1d checkpoint, ResNetMoD / '
+                'ResNetV1cMoD from a ResNet / V1c one')
+
+
 def is_resnet_mod(model: nn.Module) -> bool:
     """A ResNet (``layerS.I`` blocks) with MoD blocks, of any toolbox."""
     return bool(mod_blocks(model)) and any(
@@ -231,21 +312,23 @@ def map_resnet_to_mod(model: nn.Module, backbone_state: Dict[str, Tensor],
     model_state = model.state_dict()
     _check_stem(stem_of(model_state), stem_of(backbone_state), name, where)
     _check_arch(model, model_state, backbone_state, where)
+    _check_shortcuts(model, backbone_state, name, where)
 
-    stock = {canonical_name(k): k for k in backbone_state}
+    stock = {v: k for k, v in canonical_names(backbone_state).items()}
+    model_names = canonical_names(model_state)
     mod_prefixes = tuple(n + '.' for n, m in model.named_modules()
                          if isinstance(m, MoDBlock))
     report = WarmStartReport()
     state, missing, used = {}, [], set()
     for key, value in model_state.items():
-        src = stock.get(canonical_name(key))
+        src = stock.get(model_names[key])
         if src is not None:  # MoD blocks too, from a ResNet-MoD checkpoint
             if backbone_state[src].shape != value.shape:
                 raise ValueError(
                     f'{where}: {src} has shape '
                     f'{tuple(backbone_state[src].shape)}, {name} expects '
-                    f'{tuple(value.shape)} for {key} (another width, '
-                    'another c, or the V1d shortcut for the V1c one?)')
+                    f'{tuple(value.shape)} for {key} (another width '
+                    'or another c?)')
             state[key] = backbone_state[src]
             used.add(src)
             report.mapped.append(key)
@@ -278,7 +361,8 @@ class WarmStartFromResNet:
     """``init_cfg`` type: warm-start a ResNet-MoD from a stock ResNet.
 
     Everything starts as in a scratch ResNet-MoD (the stock ResNet's default
-    init, ``zero_init_residual`` on the MoD blocks' inner blocks), then the
+    init, the modules' own ``init_weights()``, ``zero_init_residual`` on the
+    MoD blocks' inner blocks), then, last as with ``type='Pretrained'``, the
     stem, the standard blocks and the shortcuts load the stock weights (and
     the MoD blocks theirs, from a ResNet-MoD checkpoint). The report
     (mapped / skipped / new keys) is logged and kept as the backbone's
@@ -315,6 +399,11 @@ class WarmStartFromResNet:
                             'ResNet-MoD backbone (ResNetMoD, ResNetV1cMoD, '
                             f'...), not {type(module).__name__}')
         initialize(module, copy.deepcopy(self.stock_init))
+        # The children's own init (DCNv2's ModulatedDeformConv2dPack,
+        # NonLocal2d, GeneralizedAttention re-initialise their weights) runs
+        # now, not after this init_cfg as mmengine would run it: the loaded
+        # weights come last, as with type='Pretrained'.
+        _init_children(module)
         if getattr(module, 'zero_init_residual', False):
             for m in mod_blocks(module):
                 _zero_init_residual(m)
@@ -334,6 +423,23 @@ class WarmStartFromResNet:
 
     def _get_init_info(self):
         return f'{type(self).__name__}: load from {self.checkpoint}'
+
+
+def _init_children(module: nn.Module):
+    """What ``BaseModule.init_weights`` does after the ``init_cfg`` but
+    before ``type='Pretrained'``: each child's ``init_weights()``. Each child
+    is then marked initialised, so that mmengine does not run it again over
+    the loaded weights."""
+    for m in module.children():
+        if is_model_wrapper(m) and not hasattr(m, 'init_weights'):
+            m = m.module
+        if hasattr(m, 'init_weights') and not getattr(m, 'is_init', False):
+            m.init_weights()
+            m.is_init = True
+            if hasattr(m, '_params_init_info'):
+                update_init_info(
+                    m, init_info='Initialized by user-defined `init_weights`'
+                    f' in {type(m).__name__} ')
 
 
 def _zero_init_residual(mod_block: MoDBlock):

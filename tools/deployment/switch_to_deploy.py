@@ -27,6 +27,15 @@ def parse_args(argv=None):
     return parse_tool_args(p, argv)
 
 
+def _same_file(dst, checkpoint):
+    """Whether writing ``dst`` would write ``checkpoint``: the same path,
+    a symlink to it or a hard link of it."""
+    dst, checkpoint = osp.expanduser(dst), osp.expanduser(checkpoint)
+    if osp.exists(dst) and osp.exists(checkpoint):
+        return osp.samefile(dst, checkpoint)
+    return osp.realpath(dst) == osp.realpath(checkpoint)
+
+
 def convert(config, checkpoint, dst, cfg_options=()):
     """Write the inference form of ``config``'s model with ``checkpoint``'s
     weights to ``dst``; returns the number of MoD blocks converted."""
@@ -35,12 +44,14 @@ def convert(config, checkpoint, dst, cfg_options=()):
     from mmmod.apis import build_model, load_checkpoint_into
     from mmmod.layers import mod_blocks, switch_to_deploy
 
-    if osp.abspath(dst) == osp.abspath(checkpoint):
+    if _same_file(dst, checkpoint):
         raise ValueError(f'{dst}: write the converted checkpoint to a new '
                          'file, the trained one stays as it is')
     model, _ = build_model(config, cfg_options=cfg_options)
     ckpt = load_checkpoint_into(model, checkpoint)
-    meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict):  # none (a bare state dict), or None
+        meta = {}
     blocks = mod_blocks(model)
     if not blocks:
         raise ValueError(f'{config}: the model has no MoD blocks to convert')

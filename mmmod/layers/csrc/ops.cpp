@@ -7,11 +7,12 @@
 //
 //   select_channels: the channel means (an input) -> Linear -> ReLU ->
 //                    Linear -> top-k of the logits -> sigmoid, and the
-//                    chosen channels copied out. Top-k is torch.topk, as
-//                    in the composite; in float32 at batch 1 the linears
-//                    are the kernel's own (selector_logits), equal to
-//                    ATen's to rounding; the kernel saves the Python calls
-//                    and the gather's expanded index.
+//                    chosen channels copied out. Top-k is the kernel's own
+//                    (top_k_rows), in the composite's order: largest first,
+//                    exact ties to the lower channel; in float32 at batch 1
+//                    the linears are the kernel's own (selector_logits),
+//                    equal to ATen's to rounding; the kernel saves the
+//                    Python calls and the gather's expanded index.
 //   fuse_channels:   a new map: x, with y * scores added to k of its
 //                    channels (one copy of x, then the k channels).
 //   conv_chain:      a folded Conv-Block on a few channels (stride-1 convs,
@@ -22,6 +23,7 @@
 //                    oneDNN call costs more than the arithmetic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
@@ -30,6 +32,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <memory>
 #include <tuple>
 #include <vector>
@@ -49,6 +52,9 @@ at::MemoryFormat layout_of(const at::Tensor& t) {
 void check_map(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.dim() == 4, "mmmod::", op, ": ", name,
               " must have shape (N, C, H, W), got ", t.sizes());
+  // (an integer map would run the convs in integers and scale by 0)
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "mmmod::", op, ": ", name,
+              " must be a floating-point map, got ", t.scalar_type());
 }
 
 // out[s, j] = x[s, idx[s, j]]: planes copied whole (NCHW) or per pixel
@@ -142,6 +148,57 @@ at::Tensor selector_logits(const at::Tensor& means, const at::Tensor& w1,
   return logits;
 }
 
+// The k largest logits of each row and their channels, largest first;
+// exact ties go to the lower channel, NaN ranks above every number: the
+// order of the composite's stable descending sort and of ONNX's TopK, so
+// every device and runtime chooses the same channels in the same order
+// (torch.topk's order among ties is its own). One pass over the row, the
+// best k kept sorted: a logit that does not beat the k-th costs one
+// comparison.
+template <typename T>
+void top_k_row(const T* row, int64_t c, int64_t k, T* values, int64_t* idx) {
+  using acc_t = at::opmath_type<T>;
+  // whether channel a ranks before channel b
+  const auto before = [row](int64_t a, int64_t b) {
+    const acc_t va = row[a], vb = row[b];
+    const bool na = std::isnan(va), nb = std::isnan(vb);
+    if (na != nb) return na;
+    if (!na && va != vb) return va > vb;
+    return a < b;
+  };
+  int64_t kept = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    // i comes after every kept channel of its value: it never ties its
+    // way in, and passes over its equals
+    if (kept == k && !before(i, idx[k - 1])) continue;
+    int64_t p = kept < k ? kept++ : k - 1;
+    for (; p > 0 && before(i, idx[p - 1]); --p) idx[p] = idx[p - 1];
+    idx[p] = i;
+  }
+  for (int64_t j = 0; j < k; ++j) values[j] = row[idx[j]];
+}
+
+std::tuple<at::Tensor, at::Tensor> top_k_rows(const at::Tensor& logits_any,
+                                              int64_t k) {
+  const auto logits = logits_any.contiguous();
+  const int64_t n = logits.size(0), c = logits.size(1);
+  auto values = at::empty({n, k}, logits.options());
+  auto idx = at::empty({n, k}, logits.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, logits.scalar_type(), "top_k_rows", [&] {
+        const scalar_t* lp = logits.data_ptr<scalar_t>();
+        scalar_t* vp = values.data_ptr<scalar_t>();
+        int64_t* ip = idx.data_ptr<int64_t>();
+        at::parallel_for(0, n, kPlaneGrain / (c + 1) + 1,
+                         [&](int64_t r0, int64_t r1) {
+                           for (int64_t r = r0; r < r1; ++r)
+                             top_k_row(lp + r * c, c, k, vp + r * k,
+                                       ip + r * k);
+                         });
+      });
+  return {values, idx};
+}
+
 void check_select(const at::Tensor& x, const at::Tensor& means,
                   const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                   const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
@@ -194,11 +251,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
     const c10::optional<at::Tensor>& b2, int64_t k) {
   check_select(x_any, means, w1, b1, w2, b2, k);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  auto top = at::topk(
-      selector_logits(selector_input(means, w1), w1, b1, w2, b2), k,
-      /*dim=*/1);
-  auto scores = in_dtype(std::get<0>(top).sigmoid(), x_any.scalar_type());
-  auto idx = std::get<1>(top).contiguous();
+  auto [top, idx] = top_k_rows(
+      selector_logits(selector_input(means, w1), w1, b1, w2, b2), k);
+  auto scores = in_dtype(top.sigmoid_(), x_any.scalar_type());
   const auto format = layout_of(x_any);
   const at::Tensor x = x_any.contiguous(format);
   auto out = at::empty({x.size(0), k, x.size(2), x.size(3)},
@@ -693,10 +748,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_aten(
     const c10::optional<at::Tensor>& b2, int64_t k) {
   check_select(x, means, w1, b1, w2, b2, k);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  auto [logits, idx] = at::topk(
+  // the composite's top-k: a stable descending sort's first k
+  auto [sorted, order] = at::sort(
       at::linear(at::linear(selector_input(means, w1), w1, b1).relu_(), w2,
                  b2),
-      k, /*dim=*/1);
+      /*stable=*/true, /*dim=*/1, /*descending=*/true);
+  // (clones: new (N, k) tensors, strided as the fake kernel's)
+  auto logits = sorted.narrow(1, 0, k).clone(at::MemoryFormat::Contiguous);
+  auto idx = order.narrow(1, 0, k).clone(at::MemoryFormat::Contiguous);
   auto x_k = x.gather(1, idx.unsqueeze(-1).unsqueeze(-1).expand(
                              {-1, -1, x.size(2), x.size(3)}))
                  .contiguous(layout_of(x));

@@ -6,6 +6,7 @@ import torch.nn as nn
 from mmengine.registry import MODELS
 from mmpretrain.models.backbones.mobilenet_v2 import (InvertedResidual,
                                                       MobileNetV2)
+from mmpretrain.models.utils import make_divisible
 
 from mmmod.layers import (MoDBlock, RefusesTrainingWhenDeployed,
                           check_input_channels, is_mod_position)
@@ -25,8 +26,9 @@ class MobileNetV2MoD(RefusesTrainingWhenDeployed, MobileNetV2):
             widened to 32, 64, 96, 128 channels).
         c (int, optional): MoD capacity divisor. The paper gives none for
             MobileNetV2; by the rule behind ResNet's c = 64 (c equals the
-            narrowest MoD stage, so k >= 1 everywhere) it defaults to 24 for
-            ``'default'`` and 32 for ``'L'``.
+            narrowest MoD stage, so k >= 1 everywhere) it defaults to that
+            stage's width after ``widen_factor``: 24 for ``'default'`` and
+            32 for ``'L'`` at ``widen_factor=1.0``.
         fusion (str): ``'first-k'`` (default), ``'last-k'`` or
             ``'original'``.
         deploy (bool): MoD blocks in their inference form
@@ -41,8 +43,6 @@ class MobileNetV2MoD(RefusesTrainingWhenDeployed, MobileNetV2):
         'L': [[1, 16, 1, 1], [6, 32, 2, 2], [6, 64, 3, 2], [6, 96, 4, 2],
               [6, 128, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]],
     }
-    default_c = {'default': 24, 'L': 32}
-
     def __init__(self, arch='default', c=None, fusion='first-k',
                  deploy=False, **kwargs):
         if arch not in self.arch_zoo:
@@ -50,7 +50,12 @@ class MobileNetV2MoD(RefusesTrainingWhenDeployed, MobileNetV2):
                            f'{sorted(self.arch_zoo)}')
         # Read by MobileNetV2.__init__ and make_layer.
         self.arch_settings = self.arch_zoo[arch]
-        self.c = self.default_c[arch] if c is None else c
+        widen = kwargs.get('widen_factor', 1.0)
+        # the narrowest stage with MoD blocks (two repeats or more), widened
+        # as MobileNetV2 widens it
+        self.c = min(make_divisible(width * widen, 8)
+                     for _, width, repeats, _ in self.arch_settings
+                     if repeats > 1) if c is None else c
         self.fusion = fusion
         self.deploy = deploy
         super().__init__(**kwargs)
