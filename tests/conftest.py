@@ -122,3 +122,13 @@ def save_classifier_checkpoint(config, path):
     state = model.state_dict()
     save_checkpoint({'meta': {}, 'state_dict': state}, str(path))
     return state
+
+
+class RunsCode:
+    """A pickle that opens (creates) a file when it is loaded."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))

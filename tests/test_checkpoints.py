@@ -1,7 +1,7 @@
 """mmmod.apis.check_checkpoints: every checkpoint a config starts from, at
 any depth, found before anything is built; the message's two ways on."""
 import pytest
-from conftest import ROOT
+from conftest import ROOT, RunsCode
 from mmengine.config import Config
 
 from mmmod.apis import check_checkpoints
@@ -145,16 +145,6 @@ def test_home_relative_paths_are_expanded_as_the_loader_does(
                        match='^~/evil.pth holds io.open'):
         check_checkpoint_is_data('~/evil.pth')
     assert not (tmp_path / 'opened').exists()
-
-
-class RunsCode:
-    """A pickle that opens (creates) a file when it is loaded."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
 
 
 class RunsCommand:

@@ -473,6 +473,18 @@ def test_inference_form_refuses_training_and_autograd():
         block(torch.randn(1, block.channels, 8, 8))
 
 
+def small_deployed_block(chain):
+    """A deployed MoD block on 16 channels whose Conv-Block is a chain, or
+    (a Sigmoid in it) keeps its modules."""
+    act = nn.ReLU if chain else nn.Sigmoid
+    torch.manual_seed(0)
+    block = MoDBlock(16, lambda k: nn.Sequential(
+        nn.Conv2d(k, k, 3, padding=1), nn.BatchNorm2d(k), act()), c=4)
+    block.eval().switch_to_deploy()
+    assert isinstance(block.block, ConvChain) == chain
+    return block
+
+
 @pytest.mark.parametrize('chain', [True, False])
 def test_inference_form_refuses_parameters_set_to_require_grad(chain):
     """Parameters set to require grad again (``requires_grad_()``, as a
@@ -480,12 +492,7 @@ def test_inference_form_refuses_parameters_set_to_require_grad(chain):
     as an input that requires grad is: a Conv-Block that is no chain would
     otherwise record its in-place add, and an optimizer would train the
     folded Conv-Block."""
-    act = nn.ReLU if chain else nn.Sigmoid  # a Sigmoid makes no chain
-    torch.manual_seed(0)
-    block = MoDBlock(16, lambda k: nn.Sequential(
-        nn.Conv2d(k, k, 3, padding=1), nn.BatchNorm2d(k), act()), c=4)
-    block.eval().switch_to_deploy()
-    assert isinstance(block.block, ConvChain) == chain
+    block = small_deployed_block(chain)
     x = torch.randn(2, 16, 5, 5)
     with torch.no_grad():
         want = block(x.clone())
@@ -500,6 +507,55 @@ def test_inference_form_refuses_parameters_set_to_require_grad(chain):
     out = block(x.clone())  # grad mode, nothing to record: it runs
     assert not out.requires_grad
     torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('chain', [True, False])
+def test_inference_form_refuses_maps_it_cannot_write(chain):
+    """An expanded map cannot be written in place: refused where it enters
+    the block, naming MoD's in-place form, and the map is untouched; a batch
+    of one expanded to one (stride 0 over a size-1 dimension) is fine. An
+    inference tensor outside inference_mode is refused too: by the one-call
+    block before it writes (PyTorch's in-place ops, which a Conv-Block that
+    keeps its modules adds with, raise after writing)."""
+    block = small_deployed_block(chain)
+    expanded = torch.randn(1, 16, 5, 1).expand(2, 16, 5, 5)
+    before = expanded.clone()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode(), pytest.raises(RuntimeError,
+                                   match='inference form.*expanded'):
+            block(expanded)
+        assert torch.equal(expanded, before)
+    one = torch.randn(16, 5, 5).expand(1, 16, 5, 5)
+    with torch.no_grad():
+        want = block(one.contiguous())
+        torch.testing.assert_close(block(one), want, rtol=0, atol=0)
+    with torch.inference_mode():
+        frozen = torch.randn(2, 16, 5, 5)
+    before = frozen.clone()
+    with torch.no_grad(), pytest.raises(
+            RuntimeError, match='mod_block_ adds into x in place, and x is an '
+            'inference tensor' if chain else
+            'inference tensor outside InferenceMode'):
+        block(frozen)
+    assert torch.equal(frozen, before) == chain
+
+
+@pytest.mark.parametrize('mode', ['no_grad', 'inference_mode'])
+@pytest.mark.parametrize('kind', ['resnet18', 'vgg', 'no_chain'])
+def test_dynamo_traces_the_inference_form_in_one_graph(kind, mode):
+    """Nothing in a deployed block's forward (its checks included) breaks
+    dynamo's graph: a break would compile each block on its own and, in a
+    network, hit dynamo's recompile limit."""
+    import torch._dynamo
+    model = (nn.Sequential(small_deployed_block(False), nn.ReLU())
+             if kind == 'no_chain' else switch_to_deploy(backbone(kind)))
+    channels = 16 if kind == 'no_chain' else 3
+    x = torch.randn(1, channels, 32, 32)
+    torch._dynamo.reset()
+    with getattr(torch, mode)():
+        explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
 
 
 @pytest.mark.parametrize('kind', ['resnet18', 'mobilenet', 'vgg'])

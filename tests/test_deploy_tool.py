@@ -43,3 +43,23 @@ def test_checkpoint_without_meta_converts(converter, tmp_path):
         assert converter.convert(CONFIG, str(ckpt), str(dst)) > 0
         saved = torch.load(dst, weights_only=True)
         assert saved['meta'] == dict(deploy=True, deploy_config=CONFIG)
+
+
+def test_a_form_mismatch_is_named_when_loading(converter, tmp_path):
+    """A converted checkpoint into a model built without deploy=True, and a
+    trained one into a model built with it: the error names the cause, not
+    "another config"."""
+    from mmmod.apis import build_model
+    model, _ = build_model(CONFIG)
+    trained = tmp_path / 'trained.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta={}), trained)
+    converted = tmp_path / 'deploy.pth'
+    converter.convert(CONFIG, str(trained), str(converted))
+    with pytest.raises(ValueError, match='(?s)not fit.*written by tools/'
+                       'deployment/switch_to_deploy.py.*deploy=True'):
+        build_model(CONFIG, str(converted))
+    deploy = ['model.backbone.deploy=True']
+    with pytest.raises(ValueError, match='(?s)not fit.*model is in its '
+                       'inference form.*convert it'):
+        build_model(CONFIG, str(trained), cfg_options=deploy)
+    build_model(CONFIG, str(converted), cfg_options=deploy)  # the pair fits

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import stock_checkpoints
-from conftest import tool
+from conftest import RunsCode, tool
 from mmengine.config import Config
 from PIL import Image
 
@@ -172,16 +172,6 @@ def test_checkpoint_of_another_model_is_refused(imagenet, tmp_path):
     assert 0 <= metrics['accuracy/top1'] <= 100
     # the right model's checkpoint passes the check
     assert test_tool.main([CONFIG, str(ckpt)] + opts)['accuracy/top1'] >= 0
-
-
-class RunsCode:
-    """A pickle that opens (creates) a file when it is loaded."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
 
 
 class Getattr:

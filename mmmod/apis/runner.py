@@ -159,9 +159,30 @@ def check_checkpoint_fits(model, checkpoint, flag=None, source=None):
         raise ValueError(
             f'{source} does not fit the model of this config '
             f'({type(model).__name__}):\n{lines}\n'
-            'Is it a checkpoint of another config (another depth or model)?'
+            + _why_it_does_not_fit(model, checkpoint)
             + (f' To load the weights that fit and leave the rest as '
                f'initialised, pass {flag}.' if flag else ''))
+
+
+def _why_it_does_not_fit(model, checkpoint):
+    """The likely cause: the inference form on one side only (the
+    converter marks its checkpoints ``meta['deploy']``), else another
+    config."""
+    from mmmod.layers import mod_blocks
+
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    converted = isinstance(meta, dict) and meta.get('deploy') is True
+    deployed = any(block.deploy for block in mod_blocks(model))
+    if converted and not deployed:
+        return ('It is a checkpoint of the inference form (written by '
+                'tools/deployment/switch_to_deploy.py): build the model '
+                'with deploy=True (--cfg-options model.backbone.deploy=True).')
+    if deployed and not converted:
+        return ('The model is in its inference form (deploy=True) and the '
+                'checkpoint is not: convert it with '
+                'tools/deployment/switch_to_deploy.py, or build the model '
+                'without deploy=True.')
+    return 'Is it a checkpoint of another config (another depth or model)?'
 
 
 def check_fit_when_loaded(runner, source, flag, unwrap=lambda m: m):

@@ -188,6 +188,20 @@ def few_channel_convs(block: nn.Module) -> nn.Module:
 _PLAIN_CONVS = (nn.Conv2d, FewChannelConv2d)
 
 
+def _check_writable(x: Tensor) -> None:
+    """The inference form writes ``x``: an expanded map is refused here, in
+    MoD's words, rather than by ATen deep inside the op. (Strides, not
+    ATen's overlap check: Python ints for dynamo and the ONNX tracer alike.
+    An inference tensor outside inference_mode is left to PyTorch, whose
+    own message names it: dynamo breaks the graph on ``is_inference()``.)"""
+    if any(st == 0 and n > 1 for st, n in zip(x.stride(), x.shape)):
+        raise RuntimeError(
+            'MoDBlock: this block is in its inference form, which adds into '
+            'its input in place, and the input is expanded (several elements '
+            f'share memory: shape {tuple(x.shape)}, strides {x.stride()}): '
+            'pass x.contiguous()')
+
+
 class MoDBlock(nn.Module):
     """Runs ``block`` on the top-k channels of ``x`` and adds the result back.
 
@@ -282,6 +296,7 @@ class MoDBlock(nn.Module):
                 'has no autograd; run it under torch.no_grad() or '
                 'torch.inference_mode() with its parameters not requiring '
                 'grad, or train the model built without deploy')
+        _check_writable(x)
         if isinstance(chain, ConvChain):
             # the steps below in one call, the chain times the scores
             # (eager: no Python between them; traced graphs: the steps)

@@ -496,6 +496,14 @@ def _register_autograd(name, backward, setup_context):
 
 def _mod_block_(x, w1, b1, w2, b2, k, weights, biases, meta, residual,
                 final_act, offset):
+    # before anything is written: ATen's in-place ops raise after writing
+    # (dynamo does not trace this: the op is one call in its graph)
+    if x.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            'mmmod::mod_block_ adds into x in place, and x is an inference '
+            'tensor (made under torch.inference_mode()), which cannot be '
+            'written outside it: run the model under torch.inference_mode(), '
+            'or pass a clone')
     torch._check(offset < 0 or offset + k <= x.shape[1],
                  lambda: f'mmmod::mod_block_: offset={offset} + k={k} '
                  f'exceeds the {x.shape[1]} channels of x')

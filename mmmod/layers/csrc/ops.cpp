@@ -27,6 +27,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -1013,6 +1014,11 @@ SelectOutputs select_channels_autograd(c10::DispatchKeySet ks,
   return {out[0], out[1], out[2]};
 }
 
+const char* const kInferenceTensorOutside =
+    "mmmod::mod_block_ adds into x in place, and x is an inference tensor "
+    "(made under torch.inference_mode()), which cannot be written outside "
+    "it: run the model under torch.inference_mode(), or pass a clone";
+
 // The inference form of a MoD block whose Conv-Block is a chain, in one call:
 // the channel means, select_channels, conv_chain times the scores, and the
 // add into x's target channels (ops.py's _mod_block_, the same ops). A
@@ -1029,6 +1035,9 @@ at::Tensor& mod_block_(at::Tensor& x, const at::Tensor& w1,
                        at::IntArrayRef meta, bool residual, int64_t final_act,
                        int64_t offset) {
   check_map(x, "mod_block_", "x");
+  // before anything is written: ATen's in-place ops raise after writing
+  TORCH_CHECK(!x.is_inference() || c10::InferenceMode::is_enabled(),
+              kInferenceTensorOutside);
   if (const auto c = x.sym_size(1).maybe_as_int())  // (traced: static C)
     TORCH_CHECK(offset < 0 || offset + k <= *c, "mmmod::mod_block_: offset=",
                 offset, " + k=", k, " exceeds the ", *c, " channels of x");
