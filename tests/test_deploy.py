@@ -558,6 +558,25 @@ def test_dynamo_traces_the_inference_form_in_one_graph(kind, mode):
     assert explained.graph_count == 1
 
 
+@pytest.mark.parametrize('chain', [True, False])
+def test_fx_traces_the_inference_form(chain):
+    """torch.fx traces a deployed model under no_grad (its map check is a
+    leaf), and the traced module computes the same and still refuses an
+    expanded map; an empty map passes."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1),
+                          small_deployed_block(chain)).eval()
+    with torch.no_grad():  # (as it runs: under grad its input is checked)
+        traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+        block = torch.fx.symbolic_trace(model[1])
+        with pytest.raises(RuntimeError, match='expanded'):
+            block(torch.randn(1, 16, 6, 1).expand(2, 16, 6, 6))
+        empty = torch.randn(1, 16, 6, 1).expand(0, 16, 6, 6)
+        assert model[1](empty).shape == (0, 16, 6, 6)
+
+
 @pytest.mark.parametrize('kind', ['resnet18', 'mobilenet', 'vgg'])
 def test_a_refused_train_switches_nothing(kind):
     """A deployed backbone's train() refuses before it switches a module

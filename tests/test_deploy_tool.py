@@ -63,3 +63,8 @@ def test_a_form_mismatch_is_named_when_loading(converter, tmp_path):
                        'inference form.*convert it'):
         build_model(CONFIG, str(trained), cfg_options=deploy)
     build_model(CONFIG, str(converted), cfg_options=deploy)  # the pair fits
+    # a stock model has no inference form to name: another config
+    stock = CONFIG.replace('resnet18-mod_', 'resnet18_')
+    with pytest.raises(ValueError, match='(?s)not fit.*another config') as e:
+        build_model(stock, str(converted))
+    assert 'deploy=True' not in str(e.value)

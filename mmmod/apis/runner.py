@@ -171,9 +171,10 @@ def _why_it_does_not_fit(model, checkpoint):
     from mmmod.layers import mod_blocks
 
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    blocks = mod_blocks(model)  # none: a stock model, no form to name
     converted = isinstance(meta, dict) and meta.get('deploy') is True
-    deployed = any(block.deploy for block in mod_blocks(model))
-    if converted and not deployed:
+    deployed = any(block.deploy for block in blocks)
+    if converted and blocks and not deployed:
         return ('It is a checkpoint of the inference form (written by '
                 'tools/deployment/switch_to_deploy.py): build the model '
                 'with deploy=True (--cfg-options model.backbone.deploy=True).')

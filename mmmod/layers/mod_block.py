@@ -192,14 +192,18 @@ def _check_writable(x: Tensor) -> None:
     """The inference form writes ``x``: an expanded map is refused here, in
     MoD's words, rather than by ATen deep inside the op. (Strides, not
     ATen's overlap check: Python ints for dynamo and the ONNX tracer alike.
-    An inference tensor outside inference_mode is left to PyTorch, whose
-    own message names it: dynamo breaks the graph on ``is_inference()``.)"""
-    if any(st == 0 and n > 1 for st, n in zip(x.stride(), x.shape)):
+    An inference tensor outside inference_mode is mod_block_'s check:
+    dynamo breaks the graph on ``is_inference()``.)"""
+    if x.numel() and any(st == 0 and n > 1
+                         for st, n in zip(x.stride(), x.shape)):
         raise RuntimeError(
             'MoDBlock: this block is in its inference form, which adds into '
             'its input in place, and the input is expanded (several elements '
             f'share memory: shape {tuple(x.shape)}, strides {x.stride()}): '
             'pass x.contiguous()')
+
+
+fx.wrap('_check_writable')
 
 
 class MoDBlock(nn.Module):
