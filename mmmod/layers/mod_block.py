@@ -204,6 +204,8 @@ def _check_writable(x: Tensor) -> None:
 
 
 fx.wrap('_check_writable')
+# a leaf in fx graphs: torch < 2.2's fx cannot pass its k (a Proxy) to arange
+fx.wrap('fuse_channels_')
 
 
 class MoDBlock(nn.Module):
