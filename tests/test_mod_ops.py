@@ -1,7 +1,9 @@
 """The MoD block's registered ops (mmmod/layers/ops.py, csrc/ops.cpp): the C++
 CPU kernels give what the composite (pure-PyTorch) implementation gives on
 the same inputs (bit for bit, but for the float32 selector's own linears:
-to rounding, and then a top-k of the composite's logits), on fuzzed shapes,
+to rounding, and then a top-k of the composite's logits; and for the
+scores, which the CPU kernel computes itself: to an ulp where ATen
+vectorises the sigmoid, k >= 16 on AVX2), on fuzzed shapes,
 layouts, fusions, batch sizes and ties; the block's
 eval output equals the training graph's in eager, torch.compile, torch.export
 and ONNX Runtime; every test that is about a fast path asserts it ran."""
@@ -286,6 +288,37 @@ def test_the_selector_kernel_computes_float32_itself():
     # a bias of another shape is an error, as at any batch size
     with pytest.raises(RuntimeError, match="selector's weights"):
         op(*args[:3], b1[:, None], *args[4:])
+
+
+@needs_ext
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64,
+                                   torch.bfloat16])
+@pytest.mark.parametrize('k', [4, 16, 40])
+def test_the_selector_kernel_computes_the_scores_itself(dtype, k):
+    """The CPU kernel's sigmoid of the k chosen logits is its own (no ATen
+    call: each costs ~5-40 us from cold caches in a network): ATen's
+    scalar form, which ATen itself runs on rows shorter than two vectors;
+    on longer rows ATen's vectorised exp differs in the last bit at most.
+    The channels are the composite's, bit for bit."""
+    if not cpu_supports(dtype):
+        pytest.skip(f'torch {torch.__version__}: no {dtype} matmul on CPU')
+    torch.manual_seed(k)
+    for n in (1, 3):
+        x = torch.randn(n, 64, 3, 3).to(dtype)
+        w1, w2 = (w.to(dtype) for w in weights('random', 64, 16))
+        args = (x, x.float().mean((2, 3)).to(dtype), w1, None, w2, None, k)
+        called = ops_run(lambda: torch.ops.mmmod.select_channels(*args))
+        assert not called & {'aten::sigmoid', 'aten::sigmoid_'}
+        x_k, scores, idx = torch.ops.mmmod.select_channels(*args)
+        ref = ops._select_channels_composite(*args)
+        if n > 1 or dtype != torch.float32:  # the composite's logits
+            assert torch.equal(idx, ref[2]) and torch.equal(x_k, ref[0])
+            eps = torch.finfo(dtype).eps
+            torch.testing.assert_close(scores, ref[1], rtol=eps, atol=0)
+            if k < 16:  # ATen's scalar form: bit for bit
+                assert torch.equal(scores, ref[1])
+        else:  # the kernel's own linears: scores of its top-k, to rounding
+            assert_scores_of(scores, idx, ops.selector_logits(*args[1:-1]))
 
 
 def lower_channel_first(logits, k):

@@ -7,12 +7,13 @@
 //
 //   select_channels: the channel means (an input) -> Linear -> ReLU ->
 //                    Linear -> top-k of the logits -> sigmoid, and the
-//                    chosen channels copied out. Top-k is the kernel's own
-//                    (top_k_rows), in the composite's order: largest first,
-//                    exact ties to the lower channel; in float32 at batch 1
-//                    the linears are the kernel's own (selector_logits),
-//                    equal to ATen's to rounding; the kernel saves the
-//                    Python calls and the gather's expanded index.
+//                    chosen channels copied out. Top-k and sigmoid are the
+//                    kernel's own (top_k_rows), in the composite's order:
+//                    largest first, exact ties to the lower channel; in
+//                    float32 at batch 1 the linears are the kernel's own
+//                    (selector_logits); both equal ATen's to rounding. The
+//                    kernel saves the Python calls, the small ATen calls
+//                    and the gather's expanded index.
 //   fuse_channels:   a new map: x, with y * scores added to k of its
 //                    channels (one copy of x, then the k channels).
 //   conv_chain:      a folded Conv-Block on a few channels (stride-1 convs,
@@ -75,15 +76,23 @@ void copy_channels(const at::Tensor& x, const int64_t* idx, at::Tensor& out) {
                                      op + i * hw);
                      });
   } else {
-    at::parallel_for(0, n * hw, kPlaneGrain / k + 1,
-                     [&](int64_t p0, int64_t p1) {
-                       for (int64_t p = p0; p < p1; ++p) {
-                         const int64_t* sel = idx + p / hw * k;
-                         const T* px = xp + p * c;
-                         T* po = op + p * k;
-                         for (int64_t j = 0; j < k; ++j) po[j] = px[sel[j]];
-                       }
-                     });
+    // k scattered elements of each pixel's row of c, a cache line each:
+    // the lines of the pixel kPrefetch rows ahead are requested while this
+    // one is copied (from cold caches at batch 1, the op 5-27 % faster on
+    // 256-512 channels)
+    constexpr int64_t kPrefetch = 8;
+    at::parallel_for(0, n * hw, kPlaneGrain / k + 1, [&](int64_t p0,
+                                                         int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t* sel = idx + p / hw * k;
+        const T* px = xp + p * c;
+        T* po = op + p * k;
+        if (p + kPrefetch < p1 && (p + kPrefetch) / hw == p / hw)
+          for (int64_t j = 0; j < k; ++j)
+            __builtin_prefetch(px + kPrefetch * c + sel[j]);
+        for (int64_t j = 0; j < k; ++j) po[j] = px[sel[j]];
+      }
+    });
   }
 }
 
@@ -122,42 +131,54 @@ bool is_plain_float(const c10::optional<at::Tensor>& t) {
                 t->device().is_cpu());
 }
 
-// The selector's logits: Linear -> ReLU -> Linear of the channel means.
-// Float32 at batch 1 runs the two matrix-vector products here (each weight
-// read once, by both threads): in a network the weights come from memory
-// and ATen's linear, a GEMM call, costs about twice as much
-// (docs/speed.md). Larger batches (where a GEMM's blocking wins once the
-// weights serve several images) and other dtypes run ATen's linear, as the
-// composite.
-at::Tensor selector_logits(const at::Tensor& means, const at::Tensor& w1,
-                           const c10::optional<at::Tensor>& b1,
-                           const at::Tensor& w2,
-                           const c10::optional<at::Tensor>& b2) {
+// The selector's logits: Linear -> ReLU -> Linear of the channel means,
+// (N, C) in the selector's dtype. Float32 at batch 1 runs the two
+// matrix-vector products here (each weight read once, by both threads), in
+// plain buffers: in a network the weights come from memory and ATen's
+// linear, a GEMM call, costs about twice as much (docs/speed.md), and each
+// small ATen call (an at::empty, a sigmoid of k values) ~5-40 us from cold
+// caches after a convolution. Larger batches (where a GEMM's blocking wins
+// once the weights serve several images) and other dtypes run ATen's
+// linear, as the composite.
+struct SelectorLogits {
+  at::Tensor tensor;         // ATen's linears (contiguous), or undefined
+  std::vector<float> plain;  // the kernel's own, batch 1 float32
+  const void* data() const {
+    return tensor.defined() ? tensor.data_ptr() : plain.data();
+  }
+};
+
+SelectorLogits selector_logits(const at::Tensor& means, const at::Tensor& w1,
+                               const c10::optional<at::Tensor>& b1,
+                               const at::Tensor& w2,
+                               const c10::optional<at::Tensor>& b2) {
   // (shapes checked by check_select)
   if (!(means.size(0) == 1 && is_plain_float(means) && is_plain_float(w1) &&
         is_plain_float(b1) && is_plain_float(w2) && is_plain_float(b2)))
-    return at::linear(at::linear(means, w1, b1).relu(), w2, b2);
+    return {at::linear(at::linear(means, w1, b1).relu(), w2, b2).contiguous(),
+            {}};
   const int64_t hidden = w1.size(0), c = w2.size(0);
-  auto h = at::empty({1, hidden}, means.options());
-  auto logits = at::empty({1, c}, means.options());
+  std::vector<float> h(hidden), logits(c);
   matvec(w1.data_ptr<float>(), means.data_ptr<float>(),
-         b1 ? b1->data_ptr<float>() : nullptr, h.data_ptr<float>(), hidden,
+         b1 ? b1->data_ptr<float>() : nullptr, h.data(), hidden,
          means.size(1), /*relu=*/true);
-  matvec(w2.data_ptr<float>(), h.data_ptr<float>(),
-         b2 ? b2->data_ptr<float>() : nullptr, logits.data_ptr<float>(), c,
-         hidden, /*relu=*/false);
-  return logits;
+  matvec(w2.data_ptr<float>(), h.data(), b2 ? b2->data_ptr<float>() : nullptr,
+         logits.data(), c, hidden, /*relu=*/false);
+  return {at::Tensor(), std::move(logits)};
 }
 
-// The k largest logits of each row and their channels, largest first;
-// exact ties go to the lower channel, NaN ranks above every number: the
-// order of the composite's stable descending sort and of ONNX's TopK, so
-// every device and runtime chooses the same channels in the same order
-// (torch.topk's order among ties is its own). One pass over the row, the
-// best k kept sorted: a logit that does not beat the k-th costs one
-// comparison.
+// The k largest logits of a row, largest first, as channels (idx) and
+// their sigmoids (scores); exact ties go to the lower channel, NaN ranks
+// above every number: the order of the composite's stable descending sort
+// and of ONNX's TopK, so every device and runtime chooses the same channels
+// in the same order (torch.topk's order among ties is its own). One pass
+// over the row, the best k kept sorted: a logit that does not beat the
+// k-th costs one comparison. The sigmoid is 1 / (1 + exp(-v)) in the
+// op-math type, rounded to T: ATen's scalar form, which its CPU kernel also
+// runs on rows shorter than two vectors (AVX2: 16); on longer ones ATen's
+// vectorised exp may differ in the last bit.
 template <typename T>
-void top_k_row(const T* row, int64_t c, int64_t k, T* values, int64_t* idx) {
+void top_k_row(const T* row, int64_t c, int64_t k, T* scores, int64_t* idx) {
   using acc_t = at::opmath_type<T>;
   // whether channel a ranks before channel b
   const auto before = [row](int64_t a, int64_t b) {
@@ -176,28 +197,32 @@ void top_k_row(const T* row, int64_t c, int64_t k, T* values, int64_t* idx) {
     for (; p > 0 && before(i, idx[p - 1]); --p) idx[p] = idx[p - 1];
     idx[p] = i;
   }
-  for (int64_t j = 0; j < k; ++j) values[j] = row[idx[j]];
+  for (int64_t j = 0; j < k; ++j) {
+    const acc_t v = row[idx[j]];
+    scores[j] = static_cast<T>(acc_t(1) / (acc_t(1) + std::exp(-v)));
+  }
 }
 
-std::tuple<at::Tensor, at::Tensor> top_k_rows(const at::Tensor& logits_any,
-                                              int64_t k) {
-  const auto logits = logits_any.contiguous();
-  const int64_t n = logits.size(0), c = logits.size(1);
-  auto values = at::empty({n, k}, logits.options());
-  auto idx = at::empty({n, k}, logits.options().dtype(at::kLong));
+// top_k_row of each row of the (N, C) logits in dtype: (scores, idx), both
+// (N, k)
+std::tuple<at::Tensor, at::Tensor> top_k_rows(const SelectorLogits& logits,
+                                              at::ScalarType dtype, int64_t n,
+                                              int64_t c, int64_t k) {
+  auto scores = at::empty({n, k}, at::TensorOptions().dtype(dtype));
+  auto idx = at::empty({n, k}, at::TensorOptions().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, logits.scalar_type(), "top_k_rows", [&] {
-        const scalar_t* lp = logits.data_ptr<scalar_t>();
-        scalar_t* vp = values.data_ptr<scalar_t>();
+      at::kHalf, at::kBFloat16, dtype, "top_k_rows", [&] {
+        const auto* lp = static_cast<const scalar_t*>(logits.data());
+        scalar_t* sp = scores.data_ptr<scalar_t>();
         int64_t* ip = idx.data_ptr<int64_t>();
         at::parallel_for(0, n, kPlaneGrain / (c + 1) + 1,
                          [&](int64_t r0, int64_t r1) {
                            for (int64_t r = r0; r < r1; ++r)
-                             top_k_row(lp + r * c, c, k, vp + r * k,
+                             top_k_row(lp + r * c, c, k, sp + r * k,
                                        ip + r * k);
                          });
       });
-  return {values, idx};
+  return {scores, idx};
 }
 
 void check_select(const at::Tensor& x, const at::Tensor& means,
@@ -252,9 +277,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_channels_cpu(
     const c10::optional<at::Tensor>& b2, int64_t k) {
   check_select(x_any, means, w1, b1, w2, b2, k);
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  auto [top, idx] = top_k_rows(
-      selector_logits(selector_input(means, w1), w1, b1, w2, b2), k);
-  auto scores = in_dtype(top.sigmoid_(), x_any.scalar_type());
+  auto [top, idx] =
+      top_k_rows(selector_logits(selector_input(means, w1), w1, b1, w2, b2),
+                 w1.scalar_type(), x_any.size(0), x_any.size(1), k);
+  auto scores = in_dtype(top, x_any.scalar_type());
   const auto format = layout_of(x_any);
   const at::Tensor x = x_any.contiguous(format);
   auto out = at::empty({x.size(0), k, x.size(2), x.size(3)},
