@@ -175,8 +175,8 @@ SelectorLogits selector_logits(const at::Tensor& means, const at::Tensor& w1,
 // over the row, the best k kept sorted: a logit that does not beat the
 // k-th costs one comparison. The sigmoid is 1 / (1 + exp(-v)) in the
 // op-math type, rounded to T: ATen's scalar form, which its CPU kernel also
-// runs on rows shorter than two vectors (AVX2: 16); on longer ones ATen's
-// vectorised exp may differ in the last bit.
+// runs on fewer than two vectors of values (64 bytes with AVX2); on more,
+// ATen's vectorised exp differs by up to two ulps.
 template <typename T>
 void top_k_row(const T* row, int64_t c, int64_t k, T* scores, int64_t* idx) {
   using acc_t = at::opmath_type<T>;
