@@ -83,14 +83,18 @@ void copy_channels(const at::Tensor& x, const int64_t* idx, at::Tensor& out) {
     constexpr int64_t kPrefetch = 8;
     at::parallel_for(0, n * hw, kPlaneGrain / k + 1, [&](int64_t p0,
                                                          int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t* sel = idx + p / hw * k;
-        const T* px = xp + p * c;
-        T* po = op + p * k;
-        if (p + kPrefetch < p1 && (p + kPrefetch) / hw == p / hw)
-          for (int64_t j = 0; j < k; ++j)
-            __builtin_prefetch(px + kPrefetch * c + sel[j]);
-        for (int64_t j = 0; j < k; ++j) po[j] = px[sel[j]];
+      // a sample's pixels at a time: its channels, no division per pixel
+      for (int64_t p = p0; p < p1;) {
+        const int64_t s = p / hw, end = std::min(p1, (s + 1) * hw);
+        const int64_t* sel = idx + s * k;
+        for (; p < end; ++p) {
+          const T* px = xp + p * c;
+          T* po = op + p * k;
+          if (p + kPrefetch < end)
+            for (int64_t j = 0; j < k; ++j)
+              __builtin_prefetch(px + kPrefetch * c + sel[j]);
+          for (int64_t j = 0; j < k; ++j) po[j] = px[sel[j]];
+        }
       }
     });
   }
