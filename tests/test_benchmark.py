@@ -3,7 +3,10 @@ skip bound), the spread check, the tables' arithmetic, the profiles and
 tools/analysis/benchmark.py in every CPU mode. Speed itself is measured by
 the tool, never asserted here."""
 import json
+import math
 import re
+import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +21,8 @@ from mmmod.utils.timing import (SPREAD_LIMIT, FloorBlock,
                                    SelectionFloorBlock, floor_mod_blocks,
                                    measure_latency, measure_train_throughput,
                                    selection_floor_mod_blocks,
-                                   skip_mod_blocks, spread_warning, summarise,
-                                   time_interleaved)
+                                   paired_ratio, skip_mod_blocks,
+                                   spread_warning, summarise, time_interleaved)
 
 benchmark_tool = tool('analysis/benchmark')
 BASELINE = 'configs/resnet_mod/baselines/resnet18_8xb32_in1k.py'
@@ -192,9 +195,10 @@ def test_every_table_names_the_cpu_and_its_vector_instructions():
 
 
 def _result(baseline, medians):
-    """A benchmark result with the given median latencies (ms)."""
+    """A benchmark result with the given latencies (ms): a number each
+    round (three rounds), or a list of each round's."""
     timings = {
-        name: dict(latency=dict(median=ms, q1=ms - 1, q3=ms + 1))
+        name: dict(latency=summarise(ms if isinstance(ms, list) else [ms] * 3))
         for name, ms in medians.items()
     }
     models = {
@@ -245,6 +249,76 @@ def test_table_speedups_shares_and_paper_columns():
     assert rows['resnet18-mod']['speed-up'] == '3.00x'
     assert rows['resnet18-mod']['paper CPU'] == ''
     assert rows['resnet18-mod']['paper GPU'] == ''
+
+
+def test_speedups_and_shares_pair_the_rounds():
+    """Each ratio is the median over rounds of the two models' times in
+    one round, not the ratio of their medians (minutes apart on a machine
+    whose speed drifts), with its 95 % interval."""
+    mod = [10.0, 20.0, 30.0, 12.0, 22.0, 32.0]
+    rows = _rows(_result('resnet18', {
+        'resnet18': [15.0, 30.0, 45.0, 18.0, 33.0, 48.0],  # 1.5x each round
+        'resnet18-mod': mod,
+        # 0.9, 0.75, 0.97, 0.9, 0.8, 0.9 of mod, which the machine drifts
+        # under: the medians' ratio (15.5 / 21) would say 74 %
+        'resnet18-mod' + bench.FLOOR: [9.0, 15.0, 29.0, 10.8, 17.6, 28.8],
+    }))
+    assert rows['resnet18-mod']['speed-up'] == '1.50x [1.50, 1.50]'
+    # six rounds: the interval is the smallest and largest (96.9 %)
+    assert rows['resnet18-mod']['share of floor'] == '90 % [75, 97]'
+    assert rows['resnet18']['speed-up'] == '1.00x'
+    rows = _rows(_result('a', {'a': [2.0] * 5, 'a-mod': [1.0] * 5}))
+    assert rows['a-mod']['speed-up'] == '2.00x'  # too few rounds: no interval
+
+
+@pytest.mark.parametrize('n, j', [(6, 1), (10, 2), (30, 10), (150, 63)])
+def test_paired_ratio_interval_is_the_binomial_one(n, j):
+    """The order statistics of the sign test's interval for the median:
+    ``j`` the largest with ``P(Binomial(n, 1/2) < j) <= 2.5 %``."""
+    r = paired_ratio(list(range(1, n + 1)), [1.0] * n)
+    assert (r['low'], r['high']) == (j, n + 1 - j)
+    below = sum(math.comb(n, i) for i in range(j)) / 2**n
+    assert below <= 0.025 < below + math.comb(n, j) / 2**n
+    with pytest.raises(ValueError, match='same rounds'):
+        paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_report_from_a_saved_run(tmp_path, capsys):
+    """--report prints a saved run's tables again, as the run did, without
+    configs or timing; bad input is refused where it enters."""
+    result = _result('resnet18', {'resnet18': [15.0, 30.0, 45.0],
+                                  'resnet18-mod': [10.0, 20.0, 30.0]})
+    result['meta'].update(machine='a CPU', input_shape=[3, 32, 32],
+                          channels_last=False, repeats=3, warmup=1,
+                          train_repeats=0, train_batch_sizes=[])
+    saved = tmp_path / 'run.json'
+    saved.write_text(json.dumps(result))
+    out = tmp_path / 'again.md'
+    benchmark_tool.main(['--report', str(saved), '--out', str(out)])
+    assert out.read_text() == bench.report(result, markdown=True)
+    assert bench.report(bench.load_result(str(saved))) == bench.report(result)
+    assert json.loads(out.with_suffix('.json').read_text()) == \
+        json.loads(saved.read_text())
+    assert '1.50x' in capsys.readouterr().out
+    for argv in ([], [BASELINE, '--report', str(saved)]):
+        with pytest.raises(SystemExit):
+            benchmark_tool.main(argv)
+    assert 'either configs to time or --report' in capsys.readouterr().err
+    saved.write_text('[1, 2]')
+    with pytest.raises(ValueError, match='not a run saved by the benchmark'):
+        benchmark_tool.main(['--report', str(saved)])
+
+
+@pytest.mark.parametrize('run', sorted(
+    p.stem for p in (Path(__file__).parents[1] / 'docs/benchmarks').glob(
+        '*.json')))
+def test_the_docs_tables_are_the_tools_output(run):
+    """Each run in docs/benchmarks (its .json, as the tool saved it) and its
+    tables (.md) agree: the tables are this version's report of that run,
+    not numbers edited by hand."""
+    path = Path(__file__).parents[1] / 'docs/benchmarks' / run
+    assert path.with_suffix('.md').read_text() == bench.report(
+        bench.load_result(str(path.with_suffix('.json'))), markdown=True)
 
 
 def test_fastest_mode_table():
@@ -354,7 +428,13 @@ def _check_run(out, modes, batch_sizes, trains):
             assert all(('train' in r) == (mode in trains and batch == 2
                                           and n != 'resnet18-mod')
                        for n, r in t.items())
-            ms = {n: r['latency']['median'] for n, r in t.items()}
+            def ratio(ref, name, key='latency'):
+                """the median of ref / name round by round (two rounds:
+                too few for an interval)"""
+                return statistics.median(
+                    r / x for r, x in zip(t[ref][key]['times'],
+                                          t[name][key]['times']))
+
             section = text.split(f'## {mode}, batch {batch}:')[1]
             rows = {
                 cells[0]: dict(zip(bench.HEADER, cells))
@@ -363,29 +443,26 @@ def _check_run(out, modes, batch_sizes, trains):
             }
             mod = rows['resnet18-mod']
             assert mod['speed-up'] == \
-                f"{ms['resnet18'] / ms['resnet18-mod']:.2f}x"
-            assert rows[skip]['speed-up'] == \
-                f"{ms['resnet18'] / ms[skip]:.2f}x"
-            assert mod['share of skip bound'] == \
-                f"{100 * ms[skip] / ms['resnet18-mod']:.0f} %"
-            assert mod['share of floor'] == \
-                f"{100 * ms[floor] / ms['resnet18-mod']:.0f} %"
-            assert mod['share of floor + selection'] == \
-                f"{100 * ms[selection] / ms['resnet18-mod']:.0f} %"
+                f"{ratio('resnet18', 'resnet18-mod'):.2f}x"
+            assert rows[skip]['speed-up'] == f"{ratio('resnet18', skip):.2f}x"
+            for reference, column in ((skip, 'share of skip bound'),
+                                      (floor, 'share of floor'),
+                                      (selection,
+                                       'share of floor + selection')):
+                assert mod[column] == \
+                    f"{100 * ratio(reference, 'resnet18-mod'):.0f} %"
             assert (mod['paper CPU'], mod['paper GPU']) == tuple(
                 f'{p:.2f}x' for p in SPEEDUPS['resnet18-mod'][1:])
             if mode in trains and batch == 2:
-                img_s = {n: r['train']['images_per_s'] for n, r in t.items()
-                         if 'train' in r}
                 train_form = 'resnet18-mod' + bench.TRAIN_FORM
+                assert mod['train img/s'] == \
+                    f"{2e3 / t[train_form]['train']['median']:.1f}"
                 assert mod['train speed-up'] == \
-                    f"{img_s[train_form] / img_s['resnet18']:.2f}x"
-                step = {n: r['train']['median'] for n, r in t.items()
-                        if 'train' in r}
+                    f"{ratio('resnet18', train_form, 'train'):.2f}x"
                 assert mod['train share of floor'] == \
-                    f"{100 * step[floor] / step[train_form]:.0f} %"
+                    f"{100 * ratio(floor, train_form, 'train'):.0f} %"
                 assert mod['train share of floor + selection'] == \
-                    f"{100 * step[selection] / step[train_form]:.0f} %"
+                    f"{100 * ratio(selection, train_form, 'train'):.0f} %"
     assert '## median ms in every mode' in text
     return raw
 

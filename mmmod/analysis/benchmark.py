@@ -16,7 +16,9 @@ baseline (a stock network), and for each MoD model
 
 The tables give medians and quartiles, the speed-ups over the baseline, each
 MoD model's share of its floor, of its floor plus selection and of its skip
-bound (the reference's time over the model's), and the paper's speed-ups.
+bound (the reference's time over the model's), and the paper's speed-ups;
+each ratio is the median over the rounds of the ratio within a round, with
+its 95 % interval.
 With a profile, each MoD model's time per op beside its floor's says where
 the MoD blocks' time goes.
 """
@@ -38,8 +40,8 @@ from mmmod.layers import mod_blocks, switch_to_deploy
 from mmmod.utils.timing import (describe_machine, floor_mod_blocks,
                                    measure_train_throughput,
                                    selection_floor_mod_blocks,
-                                   skip_mod_blocks, spread_warning,
-                                   time_interleaved)
+                                   paired_ratio, skip_mod_blocks,
+                                   spread_warning, time_interleaved)
 
 TRAIN_FORM = ' (training form)'
 FLOOR = ' (floor)'
@@ -535,11 +537,22 @@ def paper_speedups(name: str, baseline: str) -> tuple:
     return None, None
 
 
-def _share(reference, t, key='latency'):
-    """The reference's median time over ``t``'s, as a percentage."""
+def _ratio(reference, t, key='latency', scale=1.0, unit='x', digits=2):
+    """The reference's time over ``t``'s round by round (their median,
+    :func:`~mmmod.utils.timing.paired_ratio`), times ``scale``, with its
+    95 % interval in brackets; '' when either was not timed."""
     if not reference or key not in reference or key not in t:
         return ''
-    return f"{100 * reference[key]['median'] / t[key]['median']:.0f} %"
+    r = paired_ratio(reference[key]['times'], t[key]['times'])
+    cell = f"{scale * r['median']:.{digits}f}{unit}"
+    if reference is t or r['low'] is None:
+        return cell
+    return (f"{cell} [{scale * r['low']:.{digits}f}, "
+            f"{scale * r['high']:.{digits}f}]")
+
+
+def _share(reference, t, key='latency'):
+    return _ratio(reference, t, key, scale=100, unit=' %', digits=0)
 
 
 def table(result: dict, mode: str, batch: int) -> list:
@@ -551,23 +564,20 @@ def table(result: dict, mode: str, batch: int) -> list:
     rows = []
     for name, t in row_of.items():
         info = result['models'][name]
-        speedup = base['latency']['median'] / t['latency']['median']
         floor = row_of.get(info.get('floor'))
         selection = row_of.get(info.get('selection'))
         # a MoD model's training step is its training form's
         train_of = row_of.get(name + TRAIN_FORM, t)
         train = train_of.get('train')
-        base_train = base.get('train')
         rows.append([
             name, f"{info['params']:.2f}", f"{info['gmacs']:.2f}",
-            _ms(t['latency']), f'{speedup:.2f}x',
+            _ms(t['latency']), _ratio(base, t),
             _share(floor, t), _share(selection, t),
             _share(row_of.get(info['bound']), t),
             *(f'{p:.2f}x' if p else ''
               for p in paper_speedups(name, base_name)),
             f"{train['images_per_s']:.1f}" if train else '',
-            (f"{train['images_per_s'] / base_train['images_per_s']:.2f}x"
-             if train and base_train else ''),
+            _ratio(base, train_of, 'train') if train else '',
             _share(floor, train_of, 'train') if floor else '',
             _share(selection, train_of, 'train') if selection else '',
         ])
@@ -639,7 +649,8 @@ def describe(result: dict) -> str:
             + (', channels-last' if m['channels_last'] else '')
             + ''.join(f'; {flag}' for flag in m.get('flags', ()))
             + f"; {m['repeats']} interleaved rounds after {m['warmup']} "
-            f"warm-up; {train}")
+            f"warm-up; {train}; speed-ups and shares: the median over the "
+            "rounds of the ratio within a round [its 95 % interval]")
 
 
 def report(result: dict, markdown: bool = False) -> str:
@@ -665,6 +676,22 @@ def report(result: dict, markdown: bool = False) -> str:
     parts.append(format_table(header, rows, markdown, left=2))
     parts += [w + '\n' for w in result['warnings']]
     return '\n'.join(parts)
+
+
+def load_result(path: str) -> dict:
+    """A result that :func:`benchmark` returned and the tool saved as JSON,
+    as :func:`benchmark` returns it (JSON's keys are strings: the batch
+    sizes' become ints again), for :func:`report`."""
+    with open(path) as f:
+        result = json.load(f)
+    keys = {'meta', 'models', 'timings', 'warnings'}
+    if not isinstance(result, dict) or not keys <= set(result):
+        raise ValueError(f'{path} is not a run saved by the benchmark tool '
+                         f'(it needs the keys {sorted(keys)})')
+    result['timings'] = {
+        mode: {int(batch): t for batch, t in by_batch.items()}
+        for mode, by_batch in result['timings'].items()}
+    return result
 
 
 def model_names(configs: Sequence[str]) -> list:

@@ -3,6 +3,7 @@ that the machine's load drifts over all of them alike; and the check that
 says when the load drifted too much for the numbers to mean anything."""
 import copy
 import datetime
+import math
 import platform
 import statistics
 import time
@@ -209,6 +210,30 @@ def summarise(times) -> dict:
          if len(times) > 1 else times * 3)
     return dict(median=statistics.median(times), q1=q[0], q3=q[2],
                 min=min(times), times=times)
+
+
+def paired_ratio(reference, times, confidence: float = 0.95) -> dict:
+    """``reference[i] / times[i]`` of each round ``i`` (two timings of one
+    :func:`time_interleaved` run: the same rounds, the two steps seconds
+    apart): ``dict(median=, low=, high=)``, the median ratio and a
+    distribution-free ``confidence`` interval for it (the order statistics
+    ``j`` and ``n + 1 - j`` of the ``n`` ratios, ``j`` the largest with
+    ``P(Binomial(n, 1/2) < j) <= (1 - confidence) / 2``; None with too few
+    rounds for one). A ratio of medians would mix moments minutes apart:
+    on a machine whose speed drifts, the ratio within a round is the one
+    that holds still."""
+    if len(reference) != len(times) or not times:
+        raise ValueError('paired timings must be the same rounds, got '
+                         f'{len(reference)} and {len(times)}')
+    ratios = sorted(r / t for r, t in zip(reference, times))
+    n = len(ratios)
+    j, below = 0, 0  # below: the number of outcomes of n coins with < j heads
+    while below + math.comb(n, j) <= (1 - confidence) / 2 * 2**n:
+        below += math.comb(n, j)
+        j += 1
+    return dict(median=statistics.median(ratios),
+                low=ratios[j - 1] if j else None,
+                high=ratios[n - j] if j else None)
 
 
 def relative_spread(stats: dict) -> float:

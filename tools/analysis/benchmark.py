@@ -15,9 +15,11 @@ block an identity). For each mode (``--modes``; default every CPU mode, and
 the CUDA ones when there is a GPU) and batch size, all models are timed
 interleaved in this process; a table per mode and batch size gives medians
 and quartiles, speed-ups over the baseline, each MoD model's share of its
-floor, floor plus selection and skip bound and the paper's speed-ups;
-``--profile N`` adds each MoD model's time per op beside its floor's; a last
-table, each model's fastest mode. The measuring lives in
+floor, floor plus selection and skip bound (each ratio the median over the
+rounds of the ratio within a round, with its 95 % interval) and the paper's
+speed-ups; ``--profile N`` adds each MoD model's time per op beside its
+floor's; a last table, each model's fastest mode. ``--report RUN.json``
+prints a saved run's tables again. The measuring lives in
 :mod:`mmmod.analysis.benchmark`.
 """
 import json
@@ -33,8 +35,12 @@ from mmmod.apis import (add_cfg_options, add_input_size, add_threads,
 
 def parse_args(argv=None):
     p = tool_parser(__doc__)
-    p.add_argument('configs', nargs='+', help='config file paths; the first '
+    p.add_argument('configs', nargs='*', help='config file paths; the first '
                    'is the baseline')
+    p.add_argument('--report', metavar='RUN.json',
+                   help="a run's tables again, from the .json it saved "
+                   "beside its --out, in this version's arithmetic (no "
+                   'configs: nothing is timed)')
     p.add_argument('--modes', nargs='+', default=bench.default_modes(),
                    metavar='MODE', help=f'among {", ".join(bench.MODES)} '
                    '(default: the CPU modes this torch runs but '
@@ -76,6 +82,10 @@ def parse_args(argv=None):
                    'raw timings next to it as .json')
     add_cfg_options(p, help='overrides for every config')
     args = parse_tool_args(p, argv)
+    if bool(args.report) == bool(args.configs):
+        p.error('give either configs to time or --report RUN.json')
+    if args.report:
+        return args
     try:
         args.plan = bench.Plan(
             modes=args.modes,
@@ -124,19 +134,26 @@ def main(argv=None):
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    result = bench.benchmark(
-        build_models(args), args.plan, log=lambda s: print(s, flush=True))
-    result['meta'].update(
-        configs=args.configs,
-        flags=[f for f in ('fuse_conv_bn', 'backbone') if getattr(args, f)])
-    print()
+    if args.report:
+        result = bench.load_result(args.report)
+    else:
+        torch.manual_seed(0)
+        result = bench.benchmark(
+            build_models(args), args.plan, log=lambda s: print(s, flush=True))
+        result['meta'].update(
+            configs=args.configs,
+            flags=[f for f in ('fuse_conv_bn', 'backbone')
+                   if getattr(args, f)])
+        print()
     print(bench.report(result))
     if args.out:
         with open(args.out, 'w') as f:
             f.write(bench.report(result, markdown=True))
-        with open(osp.splitext(args.out)[0] + '.json', 'w') as f:
-            json.dump(result, f, indent=1)
+        raw = osp.splitext(args.out)[0] + '.json'
+        # (--report of a run to its own .md: its .json is already there)
+        if not (args.report and osp.abspath(raw) == osp.abspath(args.report)):
+            with open(raw, 'w') as f:
+                json.dump(result, f, indent=1)
     return result
 
 
