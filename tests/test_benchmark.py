@@ -260,7 +260,7 @@ def test_speedups_and_shares_pair_the_rounds():
         'resnet18': [15.0, 30.0, 45.0, 18.0, 33.0, 48.0],  # 1.5x each round
         'resnet18-mod': mod,
         # 0.9, 0.75, 0.97, 0.9, 0.8, 0.9 of mod, which the machine drifts
-        # under: the medians' ratio (15.5 / 21) would say 74 %
+        # under: the medians' ratio (16.3 / 21) would say 78 %
         'resnet18-mod' + bench.FLOOR: [9.0, 15.0, 29.0, 10.8, 17.6, 28.8],
     }))
     assert rows['resnet18-mod']['speed-up'] == '1.50x [1.50, 1.50]'
@@ -271,16 +271,26 @@ def test_speedups_and_shares_pair_the_rounds():
     assert rows['a-mod']['speed-up'] == '2.00x'  # too few rounds: no interval
 
 
-@pytest.mark.parametrize('n, j', [(6, 1), (10, 2), (30, 10), (150, 63)])
+@pytest.mark.parametrize('n, j', [(6, 1), (10, 2), (30, 10), (150, 63),
+                                  (2000, 956)])
 def test_paired_ratio_interval_is_the_binomial_one(n, j):
     """The order statistics of the sign test's interval for the median:
-    ``j`` the largest with ``P(Binomial(n, 1/2) < j) <= 2.5 %``."""
-    r = paired_ratio(list(range(1, n + 1)), [1.0] * n)
+    ``j`` the largest with ``P(Binomial(n, 1/2) < j) <= 2.5 %`` (2000
+    rounds: past a float's 2**1023)."""
+    r = paired_ratio(list(range(n, 0, -1)), [1.0] * n)
     assert (r['low'], r['high']) == (j, n + 1 - j)
     below = sum(math.comb(n, i) for i in range(j)) / 2**n
     assert below <= 0.025 < below + math.comb(n, j) / 2**n
+
+
+def test_paired_ratio_refuses_what_it_cannot_pair():
     with pytest.raises(ValueError, match='same rounds'):
         paired_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match='no rounds'):
+        paired_ratio([], [])
+    for confidence in (0, 1, -2, 1.5):
+        with pytest.raises(ValueError, match='confidence must be in'):
+            paired_ratio([1.0] * 10, [1.0] * 10, confidence)
 
 
 def test_report_from_a_saved_run(tmp_path, capsys):
@@ -300,13 +310,38 @@ def test_report_from_a_saved_run(tmp_path, capsys):
     assert json.loads(out.with_suffix('.json').read_text()) == \
         json.loads(saved.read_text())
     assert '1.50x' in capsys.readouterr().out
-    for argv in ([], [BASELINE, '--report', str(saved)]):
+    # to the run's own tables: its .json (not the tool's indented form) stays
+    benchmark_tool.main(['--report', str(saved), '--out',
+                         str(saved.with_suffix('.md'))])
+    assert saved.read_text() == json.dumps(result)
+    assert saved.with_suffix('.md').read_text() == out.read_text()
+    capsys.readouterr()
+    bad = tmp_path / 'bad.json'
+    for argv, message in (
+            ([], 'either configs to time or --report'),
+            ([BASELINE, '--report', str(saved)],
+             'either configs to time or --report'),
+            (['--report', str(saved), '--out', str(saved)],
+             '--out: the path of the Markdown tables'),
+            ([BASELINE, MOD, '--out', str(tmp_path / 'x.json')],
+             '--out: the path of the Markdown tables'),
+            (['--report', str(tmp_path / 'missing.json')],
+             '--report: [Errno 2]'),
+            (['--report', str(bad)], 'is not a run saved by the benchmark')):
+        bad.write_text('[1, 2]')
         with pytest.raises(SystemExit):
             benchmark_tool.main(argv)
-    assert 'either configs to time or --report' in capsys.readouterr().err
-    saved.write_text('[1, 2]')
-    with pytest.raises(ValueError, match='not a run saved by the benchmark'):
-        benchmark_tool.main(['--report', str(saved)])
+        assert message in capsys.readouterr().err, argv
+    assert saved.read_text() == json.dumps(result)
+    # not JSON; timings of the wrong type; a run without its meta
+    broken = dict(result, meta={})
+    for text in ('not json', json.dumps(dict(result, timings=[])),
+                 json.dumps(broken)):
+        bad.write_text(text)
+        with pytest.raises(SystemExit):
+            benchmark_tool.main(['--report', str(bad)])
+        assert 'is not a run saved by the benchmark' in \
+            capsys.readouterr().err
 
 
 @pytest.mark.parametrize('run', sorted(

@@ -681,16 +681,20 @@ def report(result: dict, markdown: bool = False) -> str:
 def load_result(path: str) -> dict:
     """A result that :func:`benchmark` returned and the tool saved as JSON,
     as :func:`benchmark` returns it (JSON's keys are strings: the batch
-    sizes' become ints again), for :func:`report`."""
+    sizes' become ints again), for :func:`report`. A file that is not such
+    a run (whose tables do not print) raises ValueError; it is only ever
+    parsed as JSON."""
     with open(path) as f:
-        result = json.load(f)
-    keys = {'meta', 'models', 'timings', 'warnings'}
-    if not isinstance(result, dict) or not keys <= set(result):
+        text = f.read()
+    try:
+        result = json.loads(text)
+        result['timings'] = {
+            mode: {int(batch): t for batch, t in by_batch.items()}
+            for mode, by_batch in result['timings'].items()}
+        report(result)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise ValueError(f'{path} is not a run saved by the benchmark tool '
-                         f'(it needs the keys {sorted(keys)})')
-    result['timings'] = {
-        mode: {int(batch): t for batch, t in by_batch.items()}
-        for mode, by_batch in result['timings'].items()}
+                         f'({type(e).__name__}: {e})') from None
     return result
 
 

@@ -7,6 +7,7 @@ import math
 import platform
 import statistics
 import time
+from fractions import Fraction
 from typing import Callable, Dict, Optional
 
 import torch
@@ -222,13 +223,19 @@ def paired_ratio(reference, times, confidence: float = 0.95) -> dict:
     rounds for one). A ratio of medians would mix moments minutes apart:
     on a machine whose speed drifts, the ratio within a round is the one
     that holds still."""
-    if len(reference) != len(times) or not times:
+    if not 0 < confidence < 1:
+        raise ValueError(f'confidence must be in (0, 1), got {confidence}')
+    if not times:
+        raise ValueError('no rounds to pair')
+    if len(reference) != len(times):
         raise ValueError('paired timings must be the same rounds, got '
                          f'{len(reference)} and {len(times)}')
     ratios = sorted(r / t for r, t in zip(reference, times))
     n = len(ratios)
+    # in exact arithmetic: 2**n overflows a float from 1024 rounds on
+    tail = Fraction(1 - confidence) / 2 * 2**n
     j, below = 0, 0  # below: the number of outcomes of n coins with < j heads
-    while below + math.comb(n, j) <= (1 - confidence) / 2 * 2**n:
+    while below + math.comb(n, j) <= tail:
         below += math.comb(n, j)
         j += 1
     return dict(median=statistics.median(ratios),

@@ -40,7 +40,8 @@ def parse_args(argv=None):
     p.add_argument('--report', metavar='RUN.json',
                    help="a run's tables again, from the .json it saved "
                    "beside its --out, in this version's arithmetic (no "
-                   'configs: nothing is timed)')
+                   'configs: nothing is timed, and of the other options '
+                   'only --out counts)')
     p.add_argument('--modes', nargs='+', default=bench.default_modes(),
                    metavar='MODE', help=f'among {", ".join(bench.MODES)} '
                    '(default: the CPU modes this torch runs but '
@@ -84,7 +85,14 @@ def parse_args(argv=None):
     args = parse_tool_args(p, argv)
     if bool(args.report) == bool(args.configs):
         p.error('give either configs to time or --report RUN.json')
+    if args.out and osp.splitext(args.out)[1] == '.json':
+        p.error('--out: the path of the Markdown tables (the raw timings '
+                f'go beside it, as .json), got {args.out}')
     if args.report:
+        try:
+            args.result = bench.load_result(args.report)
+        except (OSError, ValueError) as e:
+            p.error(f'--report: {e}')
         return args
     try:
         args.plan = bench.Plan(
@@ -135,7 +143,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.report:
-        result = bench.load_result(args.report)
+        result = args.result
     else:
         torch.manual_seed(0)
         result = bench.benchmark(
@@ -145,15 +153,17 @@ def main(argv=None):
             flags=[f for f in ('fuse_conv_bn', 'backbone')
                    if getattr(args, f)])
         print()
-    print(bench.report(result))
     if args.out:
-        with open(args.out, 'w') as f:
-            f.write(bench.report(result, markdown=True))
+        # the raw timings first: they are what a long run must not lose
         raw = osp.splitext(args.out)[0] + '.json'
         # (--report of a run to its own .md: its .json is already there)
-        if not (args.report and osp.abspath(raw) == osp.abspath(args.report)):
+        if not (args.report and osp.exists(raw)
+                and osp.samefile(raw, args.report)):
             with open(raw, 'w') as f:
                 json.dump(result, f, indent=1)
+        with open(args.out, 'w') as f:
+            f.write(bench.report(result, markdown=True))
+    print(bench.report(result))
     return result
 
 
